@@ -1,0 +1,53 @@
+"""``robust-ebm`` command line: ``main(argv) -> int``.
+
+Each subcommand lives in its own module of this package with ``add_parser(subparsers)`` (which
+sets ``func`` to its ``run(args) -> int``). Bad input raises :class:`~robust_ebm.errors.UserError`
+(or ``FileNotFoundError``/``ValueError`` from argument checks) and becomes one line on stderr with
+exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2, as for every bad input
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import data_cmd, evaluate_cmd, train_cmd, demo_cmd
+
+    parser = _Parser(prog="robust-ebm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"robust-ebm {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub.required = True
+    for module in (demo_cmd, train_cmd, evaluate_cmd, data_cmd):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 ok, 2 bad input, 1 other failure)."""
+    try:
+        args = build_parser().parse_args(list(argv) if argv is not None else None)
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"robust-ebm: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"robust-ebm: error: file not found: {exc.filename or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robust-ebm: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

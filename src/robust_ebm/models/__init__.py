@@ -1,0 +1,19 @@
+"""Models: a registry of classifiers that take [0, 1] images and return logits.
+
+>>> from robust_ebm.models import create_model
+>>> model = create_model("small_cnn", num_classes=10, in_channels=1)
+"""
+
+from . import preact_resnet, resnet, small_cnn, wide_resnet  # noqa: F401  (registration)
+from .foreign import load_foreign_state_dict
+from .layers import Classifier, Normalize
+from .registry import create_model, list_models, register_model
+
+__all__ = [
+    "Classifier",
+    "Normalize",
+    "create_model",
+    "list_models",
+    "register_model",
+    "load_foreign_state_dict",
+]
