@@ -1,0 +1,96 @@
+"""Helpers shared by the subcommands: devices, output folders, result printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
+    return value
+
+
+def add_common_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+    if data:
+        p.add_argument("--dataset", default="fashion_mnist",
+                       help="dataset name (see 'robust-ebm data list') or a .npz file")
+        p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None,
+                   help="output folder (default: runs/<command>-<UTC time>)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available; use --device cpu")
+    return dev
+
+
+def output_dir(args: argparse.Namespace, command: str) -> Path:
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} exists and is not a folder; pick another path")
+    else:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{command}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def config_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The resolved arguments of a run, JSON-friendly."""
+    return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
+
+
+def emit(result: dict[str, Any], as_json: bool, text: str) -> None:
+    """Print ``result`` as JSON (``--json``) or ``text`` for people."""
+    if as_json:
+        json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(text.rstrip("\n") + "\n")
+
+
+def format_report(title: str, report: dict[str, Any]) -> str:
+    """Accuracy and energy summaries as a few aligned lines."""
+    lines = [f"{title}: n={report['n']}  clean accuracy {report['accuracy']:.4f}"]
+    for key, label in (("free_energy", "E(x)  "), ("joint_energy", "E(x,y)")):
+        s = report[key]
+        lines.append(
+            f"  {label} mean {s['mean']:8.3f}  std {s['std']:7.3f}  "
+            f"q05 {s['q05']:8.3f}  q50 {s['q50']:8.3f}  q95 {s['q95']:8.3f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""``robust-ebm evaluate``: clean accuracy and energy statistics of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..checkpoint import load_model
+from ..data import load_dataset
+from ..errors import UserError
+from ..io import atomic_write_json
+from ..provenance import write_run_json
+from ..statistics import clean_report
+from .common import add_common_args, config_of, emit, format_report, output_dir, resolve_device, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="clean accuracy and energy statistics",
+                       description="Clean accuracy and E(x), E(x,y) statistics of a checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="a robust-ebm .safetensors checkpoint")
+    add_common_args(p)
+    p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument("--n", type=positive_int, default=None, help="use the first N samples")
+    p.add_argument("--batch-size", type=positive_int, default=500)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, map_location=device)
+    ds = load_dataset(args.dataset, args.split, args.data_dir)
+    if tuple(ds.shape[:1]) != (model.arch["in_channels"],):
+        raise UserError(
+            f"checkpoint expects {model.arch['in_channels']}-channel images but {args.dataset} "
+            f"has {ds.shape[0]}; evaluate on the dataset it was trained on"
+        )
+    if ds.num_classes > model.arch["num_classes"]:
+        raise UserError(
+            f"{args.dataset} has {ds.num_classes} classes but the model predicts "
+            f"{model.arch['num_classes']}; labels would be out of range"
+        )
+    if args.n is not None:
+        ds = ds.subset(torch.arange(min(args.n, len(ds))))
+    out = output_dir(args, "evaluate")
+    write_run_json(out, config_of(args), args.seed, device)
+    report = clean_report(model, ds.images, ds.labels, args.batch_size)
+    report |= {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split}
+    atomic_write_json(out / "evaluation.json", report)
+    emit(report, args.json, format_report(f"{args.dataset}/{args.split}", report))
+    return 0

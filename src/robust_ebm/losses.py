@@ -1,0 +1,212 @@
+"""Per-sample attack losses of logits: ``loss(logits, y) -> (N,)``, to be ASCENDED.
+
+Every function is pure and returns one value per sample, so an attack can sum them (the gradient
+of the sum w.r.t. an input is that sample's own gradient) and keep per-sample bests.
+Energies come from :mod:`robust_ebm.energy` (lower energy = more likely).
+
+Targeted forms take ``(logits, y, target)`` and are also ascended (they rise as the prediction
+moves to ``target``). A loss without its own targeted form is used as ``-loss(logits, target)``.
+
+Names for :func:`make_loss`: ``ce``, ``cw`` (margin), ``dlr``, ``trades_kl``, ``energy``
+(E(x)), ``joint_energy`` (E(x,y)), ``he`` (CE + gamma * E(x)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import energy as _energy
+from .errors import UserError
+
+__all__ = [
+    "LossFn",
+    "NamedLoss",
+    "ce",
+    "ce_targeted",
+    "cw_margin",
+    "cw_margin_targeted",
+    "dlr",
+    "dlr_targeted",
+    "trades_kl",
+    "free_energy_loss",
+    "joint_energy_loss",
+    "he_loss",
+    "make_loss",
+    "list_losses",
+]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _other_max(logits: Tensor, y: Tensor) -> Tensor:
+    """max_{k != y} f_k, shape (N,)."""
+    mask = F.one_hot(y.long(), logits.shape[1]).bool()
+    return logits.masked_fill(mask, float("-inf")).amax(dim=1)
+
+
+def _true_logit(logits: Tensor, y: Tensor) -> Tensor:
+    return logits.gather(1, y.long().view(-1, 1)).squeeze(1)
+
+
+def ce(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy CE(x, y) = E(x, y) - E(x), shape (N,) (Madry et al., arXiv 1706.06083)."""
+    return F.cross_entropy(logits, y.long(), reduction="none")
+
+
+def ce_targeted(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """-CE(x, target): rises as the target class gains probability. ``y`` is unused."""
+    return -F.cross_entropy(logits, target.long(), reduction="none")
+
+
+def cw_margin(logits: Tensor, y: Tensor, kappa: float | None = None) -> Tensor:
+    """Carlini-Wagner margin max_{k!=y} f_k - f_y, clipped above at ``kappa`` if given.
+
+    Carlini & Wagner 2017 (arXiv 1608.04644) minimise max(f_y - max_{k!=y} f_k, -kappa); this is
+    its negative. Positive means misclassified.
+    """
+    margin = _other_max(logits, y) - _true_logit(logits, y)
+    return margin if kappa is None else margin.clamp(max=kappa)
+
+
+def cw_margin_targeted(
+    logits: Tensor, y: Tensor, target: Tensor, kappa: float | None = None
+) -> Tensor:
+    """f_t - max_{k!=t} f_k (clipped above at ``kappa``): positive once ``target`` wins."""
+    margin = _true_logit(logits, target) - _other_max(logits, target)
+    return margin if kappa is None else margin.clamp(max=kappa)
+
+
+def dlr(logits: Tensor, y: Tensor) -> Tensor:
+    """Difference of logits ratio -(f_y - max_{k!=y} f_k) / (f_pi1 - f_pi3 + 1e-12).
+
+    Croce & Hein 2020 (arXiv 2003.01690), eq. (5); pi sorts the logits in decreasing order.
+    Shift- and scale-invariant. Needs K >= 3.
+    """
+    if logits.shape[1] < 3:
+        raise UserError(f"the DLR loss needs at least 3 classes; got {logits.shape[1]}")
+    top = logits.topk(3, dim=1).values  # (N, 3), decreasing
+    return -(_true_logit(logits, y) - _other_max(logits, y)) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def dlr_targeted(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Targeted DLR -(f_y - f_t) / (f_pi1 - (f_pi3 + f_pi4) / 2 + 1e-12) (Croce & Hein 2020).
+
+    Needs K >= 4.
+    """
+    if logits.shape[1] < 4:
+        raise UserError(f"the targeted DLR loss needs at least 4 classes; got {logits.shape[1]}")
+    top = logits.topk(4, dim=1).values
+    num = _true_logit(logits, y) - _true_logit(logits, target)
+    return -num / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
+def trades_kl(logits: Tensor, y: Tensor, logits_nat: Tensor) -> Tensor:
+    """KL(p(.|x) || p(.|x')) with x the natural input, shape (N,) (Zhang et al., arXiv 1901.08573).
+
+    ``logits`` are those of x', ``logits_nat`` those of x (computed once per batch by the
+    attack); ``y`` is unused. Equals the sum of the two terms of
+    :func:`robust_ebm.energy.trades_kl_decomposition`.
+    """
+    return _energy.kl_divergence(logits_nat, logits)
+
+
+def free_energy_loss(logits: Tensor, y: Tensor, temperature: float = 1.0) -> Tensor:
+    """E(x) = -T logsumexp(f/T); ascending it makes x less likely. ``y`` is unused."""
+    return _energy.free_energy(logits, temperature)
+
+
+def joint_energy_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """E(x, y) = -f_y; ascending it lowers the true logit."""
+    return _energy.joint_energy(logits, y)
+
+
+def he_loss(logits: Tensor, y: Tensor, gamma: float = 1.5) -> Tensor:
+    """High-Energy PGD objective J = CE(x', y) + gamma * E(x') (Mirza et al., arXiv 2407.06315).
+
+    J = E(x',y) - (1 - gamma) E(x'): gamma=0 is PGD-CE, gamma=1 lowers only the true logit,
+    gamma > 1 also raises E(x') (so the attack evades energy-based detectors).
+    """
+    return ce(logits, y) + gamma * _energy.free_energy(logits)
+
+
+@dataclass(frozen=True)
+class _LossEntry:
+    fn: Callable[..., Tensor]
+    targeted: Callable[..., Tensor] | None
+    params: tuple[str, ...]
+    needs_natural_logits: bool = False
+
+
+_LOSSES: dict[str, _LossEntry] = {
+    "ce": _LossEntry(ce, ce_targeted, ()),
+    "cw": _LossEntry(cw_margin, cw_margin_targeted, ("kappa",)),
+    "dlr": _LossEntry(dlr, dlr_targeted, ()),
+    "trades_kl": _LossEntry(trades_kl, None, (), needs_natural_logits=True),
+    "energy": _LossEntry(free_energy_loss, None, ("temperature",)),
+    "joint_energy": _LossEntry(joint_energy_loss, None, ()),
+    "he": _LossEntry(he_loss, None, ("gamma",)),
+}
+
+
+def list_losses() -> list[str]:
+    return sorted(_LOSSES)
+
+
+@dataclass(frozen=True)
+class NamedLoss:
+    """A registered loss with its parameters: ``loss(logits, y) -> (N,)``, ascended.
+
+    ``sign=-1`` descends the loss instead (e.g. lowering the energy). ``loss.targeted(logits,
+    y, target)`` is the targeted form. Losses with ``needs_natural_logits`` (``trades_kl``) are
+    called as ``loss(logits, y, logits_nat)``.
+    """
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    sign: float = 1.0
+
+    @property
+    def needs_natural_logits(self) -> bool:
+        return _LOSSES[self.name].needs_natural_logits
+
+    def __call__(self, logits: Tensor, y: Tensor, *extra: Tensor) -> Tensor:
+        out = _LOSSES[self.name].fn(logits, y, *extra, **self.params)
+        return out if self.sign == 1.0 else self.sign * out
+
+    def targeted(self, logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+        entry = _LOSSES[self.name]
+        if entry.needs_natural_logits:
+            raise UserError(f"loss {self.name!r} has no targeted form")
+        if entry.targeted is None:
+            out = -entry.fn(logits, target, **self.params)
+        else:
+            out = entry.targeted(logits, y, target, **self.params)
+        return out if self.sign == 1.0 else self.sign * out
+
+    def __hash__(self) -> int:  # params is a dict; hash its items
+        return hash((self.name, tuple(sorted(self.params.items())), self.sign))
+
+
+def make_loss(name: str, sign: float = 1.0, **params: Any) -> NamedLoss:
+    """Look up a registered loss by name and bind its parameters (UserError when unknown)."""
+    if name not in _LOSSES:
+        raise UserError(f"unknown loss {name!r}; choose one of: {', '.join(list_losses())}")
+    allowed = _LOSSES[name].params
+    bad = sorted(set(params) - set(allowed))
+    if bad:
+        raise UserError(
+            f"loss {name!r} takes no parameter(s) {', '.join(bad)}; "
+            f"it takes: {', '.join(allowed) or 'none'}"
+        )
+    if "kappa" in params and params["kappa"] is not None and not params["kappa"] >= 0:
+        raise UserError(f"kappa must be >= 0; got {params['kappa']}")
+    if "temperature" in params and not params["temperature"] > 0:
+        raise UserError(f"temperature must be > 0; got {params['temperature']}")
+    if sign not in (1.0, -1.0):
+        raise UserError(f"sign must be +1 (ascend) or -1 (descend); got {sign}")
+    return NamedLoss(name, dict(params), float(sign))
