@@ -1,0 +1,55 @@
+# Set-up from nothing: `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv on first use. Python 3.11+ required.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.robust-ebm-installed
+FMNIST := /usr/share/datasets/fashion-mnist
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k energy"`.
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-oracle test-slow data venv lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	@# torch: keep one that is already installed in the venv; else the pinned CPU build.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e ".[dev]"
+	@# Reference attack libraries list torchvision as a dependency, which must never be
+	@# resolved here: install them without dependencies; their real needs are in [dev].
+	$(PY) -m pip install --no-deps "torchattacks==3.5.1" "pyautoattack"
+	touch $(STAMP)
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package (offline, no download).
+data:
+	@if [ -d "$(FMNIST)" ] || [ -n "$$ROBUST_EBM_DATA" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist'" \
+		     "or 'robust-ebm data download fashion_mnist'"; exit 2; \
+	fi
+
+demo: venv data
+	$(VENV)/bin/robust-ebm demo
+
+# pytest exits 5 when it collects no test: an error for the main suite, a note for markers.
+test: venv
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc = 5 ]; then echo "make test: no test collected"; exit 1; fi; exit $$rc
+
+test-oracle: venv
+	@$(PY) -m pytest -m oracle $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc = 5 ]; then echo "make test-oracle: no oracle test collected"; exit 0; fi; exit $$rc
+
+test-slow: venv data
+	@$(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc = 5 ]; then echo "make test-slow: no slow test collected"; exit 0; fi; exit $$rc
+
+lint: venv
+	$(PY) -m ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs
