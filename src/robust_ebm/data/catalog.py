@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["RemoteFile", "DatasetInfo", "CATALOG", "get_info", "list_datasets"]
+__all__ = ["CATALOG", "DatasetInfo", "RemoteFile", "get_info", "list_datasets"]
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ CATALOG: dict[str, DatasetInfo] = {
         mean=(0.3053,),  # over all 1797 images after the 0..16 -> 0..255 mapping
         std=(0.3759,),
         splits={"train": (), "test": ()},
-        sizes={"train": 1437, "test": 360},
+        sizes={"train": 1438, "test": 359},
         homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset",
     ),
 }

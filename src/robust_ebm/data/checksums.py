@@ -6,7 +6,7 @@ import gzip
 import hashlib
 from pathlib import Path
 
-__all__ = ["file_md5", "content_md5", "is_gzip"]
+__all__ = ["content_md5", "file_md5", "is_gzip"]
 
 _CHUNK = 1 << 20
 

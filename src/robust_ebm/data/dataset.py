@@ -94,7 +94,7 @@ class ImageDataset:
 
 
 def stratified_split_indices(
-    labels: Tensor, val_size: int | float, seed: int = 0
+    labels: Tensor, val_size: float, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Seeded stratified split of ``range(len(labels))`` into (keep, held_out) sorted indices.
 
@@ -134,7 +134,7 @@ def stratified_split_indices(
 
 
 def split_train_val(
-    dataset: ImageDataset, val_size: int | float, seed: int = 0
+    dataset: ImageDataset, val_size: float, seed: int = 0
 ) -> tuple[ImageDataset, ImageDataset]:
     """Hold out a seeded, stratified validation set from a training set.
 

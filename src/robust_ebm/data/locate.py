@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptDataError, DataNotFoundError, UserError
-from .catalog import DatasetInfo, get_info
-from .checksums import content_md5, file_md5, is_gzip
+from .catalog import CATALOG, DatasetInfo, get_info
+from .checksums import content_md5, file_md5
 from .dataset import ImageDataset
 from .readers import cifar_members, read_cifar, read_digits, read_idx_split, read_npz, read_svhn
 
 __all__ = [
     "cache_dir",
     "candidate_dirs",
+    "dataset_status",
     "find_split",
     "load_dataset",
-    "dataset_status",
     "verify_dataset",
 ]
 
@@ -147,7 +147,8 @@ def load_dataset(
         DataNotFoundError: listing every folder searched and how to get the data.
         CorruptDataError: if a file is truncated or malformed.
     """
-    if str(name).endswith(".npz") or Path(name).is_file():
+    is_catalog_name = str(name).lower().replace("-", "_") in CATALOG
+    if not is_catalog_name and (str(name).endswith(".npz") or Path(name).is_file()):
         path = Path(name).expanduser()
         if not path.is_file():
             raise DataNotFoundError(f"{path}: no such .npz file; check the path")
@@ -180,8 +181,8 @@ def dataset_status(name: str, data_dir: str | Path | None = None) -> dict[str, A
     """Where each split of ``name`` was found (or not), without reading the data.
 
     Returns:
-        ``{"name", "found" (train and test both found), "splits": {split: {"found", "paths"}},
-        "searched": [folders]}``.
+        ``{"name", "found" (train and test both found), "location" (folder of the train files,
+        or None), "splits": {split: {"found", "paths"}}, "searched": [folders]}``.
     """
     info = get_info(name)
     dirs = candidate_dirs(info.name, data_dir)
@@ -189,9 +190,14 @@ def dataset_status(name: str, data_dir: str | Path | None = None) -> dict[str, A
     for split in info.splits:
         paths = find_split(info.name, split, data_dir)
         splits[split] = {"found": paths is not None, "paths": [str(p) for p in paths or []]}
+    first = splits["train"]["paths"][:1] if splits["train"]["found"] else []
+    location = str(Path(first[0]).parent) if first else None
+    if info.format == "digits":
+        location = "scikit-learn (bundled, no files)"
     return {
         "name": info.name,
         "found": all(splits[s]["found"] for s in _REQUIRED_SPLITS),
+        "location": location,
         "splits": splits,
         "searched": [] if info.format == "digits" else [str(d) for d in dirs],
     }
@@ -265,7 +271,5 @@ def verify_dataset(name: str, data_dir: str | Path | None = None) -> dict[str, A
             row["error"] = str(exc)
         row["ok"] = row["count"] is not None and row["count"] == row["expected"]
         splits[split] = row
-    ok = all(f["ok"] is not False for f in files.values()) and all(
-        s["ok"] for s in splits.values()
-    )
+    ok = all(f["ok"] is not False for f in files.values()) and all(s["ok"] for s in splits.values())
     return {"name": info.name, "ok": ok, "files": list(files.values()), "splits": splits}

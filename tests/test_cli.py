@@ -1,0 +1,89 @@
+"""The CLI in-process, end to end, on tiny data; bad input gives one line and exit code 2."""
+
+import json
+
+import numpy as np
+import pytest
+
+from robust_ebm.cli import main
+
+
+@pytest.fixture()
+def tiny_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    # two easy classes: bright top half vs bright bottom half, plus noise
+    def make(n):
+        y = rng.integers(0, 2, n)
+        x = rng.integers(0, 60, (n, 1, 12, 12))
+        x[y == 0, 0, :6] += 150
+        x[y == 1, 0, 6:] += 150
+        return x.astype(np.uint8), y.astype(np.int64)
+
+    xtr, ytr = make(160)
+    xte, yte = make(40)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_then_evaluate(tmp_path, tiny_npz, capsys):
+    out_dir = tmp_path / "run"
+    code, out, err = _run(capsys, "train", "--dataset", tiny_npz, "--epochs", "2",
+                          "--batch-size", "16", "--val-size", "32", "--out", out_dir, "--json",
+                          "--lr", "0.05")
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["history"]) == 2
+    assert result["test"]["accuracy"] >= 0.9
+    for name in ("run.json", "model.safetensors", "best.safetensors", "last.safetensors",
+                 "metrics.jsonl"):
+        assert (out_dir / name).is_file(), name
+    run = json.loads((out_dir / "run.json").read_text())
+    assert run["seed"] == 0 and run["device"] == "cpu" and "torch" in run["versions"]
+    assert len((out_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+    code, out, err = _run(capsys, "evaluate", "--checkpoint", out_dir / "model.safetensors",
+                          "--dataset", tiny_npz, "--out", tmp_path / "ev", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["n"] == 40
+    assert report["accuracy"] == pytest.approx(result["test"]["accuracy"])
+    assert set(report["free_energy"]) >= {"mean", "std", "q05", "q50", "q95"}
+    assert (tmp_path / "ev" / "run.json").is_file()
+
+    code, out, err = _run(capsys, "evaluate", "--checkpoint", out_dir / "model.safetensors",
+                          "--dataset", tiny_npz, "--out", tmp_path / "ev2")
+    assert code == 0 and "clean accuracy" in out and "E(x,y)" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--model", "nope"], "unknown model"),
+    (["train", "--objective", "nope"], "unknown objective"),
+    (["train", "--epochs", "-1"], "--epochs"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--schedule", "weird"], "--schedule"),
+    (["evaluate", "--checkpoint", "/nonexistent/x.safetensors"], "not found"),
+    (["frobnicate"], "invalid choice"),
+    (["train", "--dataset", "/nonexistent/file.npz"], "nonexistent"),
+    (["train", "--device", "cuda:7"], "cuda"),
+])
+def test_bad_input_one_line_exit_2(argv, needle, capsys, tmp_path):
+    code, out, err = _run(capsys, *argv, *(["--out", tmp_path / "o"] if argv[0] != "frobnicate" else []))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert needle in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_bad_dataset_name_lists_choices(capsys, tmp_path):
+    code, out, err = _run(capsys, "train", "--dataset", "imagenet", "--out", tmp_path / "o")
+    assert code == 2 and "imagenet" in err and len(err.strip().splitlines()) == 1
