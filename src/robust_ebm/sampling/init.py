@@ -32,12 +32,12 @@ from ..errors import CorruptDataError, UserError
 from ..io import atomic_write
 
 __all__ = [
-    "Init",
-    "UniformInit",
-    "NoiseInjectionInit",
-    "ClassStatistics",
     "ClassGaussianInit",
     "ClassPCAInit",
+    "ClassStatistics",
+    "Init",
+    "NoiseInjectionInit",
+    "UniformInit",
     "as_unit_float",
     "data_fingerprint",
 ]
@@ -286,13 +286,15 @@ class ClassStatistics:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
         except FileNotFoundError:
             raise
         except Exception as exc:  # safetensors raises its own error types
             raise CorruptDataError(f"cannot read class statistics from {path}: {exc}") from exc
         if meta.get("format") != _FORMAT:
-            raise CorruptDataError(f"{path} is not a class-statistics file (format {meta.get('format')!r})")
+            raise CorruptDataError(
+                f"{path} is not a class-statistics file (format {meta.get('format')!r})"
+            )
         config = json.loads(meta["config"])
         if config.get("init") != cls.name:
             raise UserError(f"{path} holds {config.get('init')!r} statistics, not {cls.name!r}")
@@ -327,7 +329,9 @@ class ClassStatistics:
             fp = data_fingerprint(images, labels)
             problems = []
             if cached.fingerprint != fp:
-                problems.append(f"it was fitted on other data (cached {cached.fingerprint}, now {fp})")
+                problems.append(
+                    f"it was fitted on other data (cached {cached.fingerprint}, now {fp})"
+                )
             if cached.config() != fresh.config():
                 problems.append(f"its settings {cached.config()} differ from {fresh.config()}")
             if not problems:
@@ -360,8 +364,12 @@ class ClassGaussianInit(ClassStatistics):
         self.clip = bool(clip)
 
     def config(self) -> dict[str, Any]:
-        return {"init": self.name, "max_full_dim": self.max_full_dim, "rank": self.rank,
-                "clip": self.clip}
+        return {
+            "init": self.name,
+            "max_full_dim": self.max_full_dim,
+            "rank": self.rank,
+            "clip": self.clip,
+        }
 
     def _fit_class(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n, d = xc.shape
@@ -416,7 +424,9 @@ class ClassPCAInit(ClassStatistics):
     ) -> None:
         super().__init__()
         if not 0 < variance <= 1:
-            raise UserError(f"variance must be in (0, 1] (a share, not a percentage); got {variance}")
+            raise UserError(
+                f"variance must be in (0, 1] (a share, not a percentage); got {variance}"
+            )
         if n_components is not None and n_components < 1:
             raise UserError(f"n_components must be >= 1; got {n_components}")
         if not sigma >= 0:
@@ -427,8 +437,13 @@ class ClassPCAInit(ClassStatistics):
         self.max_components = int(max_components)
 
     def config(self) -> dict[str, Any]:
-        return {"init": self.name, "variance": self.variance, "n_components": self.n_components,
-                "sigma": self.sigma, "max_components": self.max_components}
+        return {
+            "init": self.name,
+            "variance": self.variance,
+            "n_components": self.n_components,
+            "sigma": self.sigma,
+            "max_components": self.max_components,
+        }
 
     def _fit_class(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n, d = xc.shape
@@ -442,7 +457,9 @@ class ClassPCAInit(ClassStatistics):
             if len(reached) == 0:
                 warnings.warn(
                     f"PCA: {len(lam)} components keep {float(share[-1]):.3f} of the variance, "
-                    f"below the target {self.variance}; raise max_components", stacklevel=3)
+                    f"below the target {self.variance}; raise max_components",
+                    stacklevel=3,
+                )
                 k = len(lam)
             else:
                 k = int(reached[0]) + 1

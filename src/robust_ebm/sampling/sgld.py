@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -25,7 +26,7 @@ from ..errors import UserError
 EnergyFn = Callable[[Tensor, Tensor | None], Tensor]  # (logits (N,K), y (N,) | None) -> (N,)
 ENERGIES = ("joint", "free", "ce")
 
-__all__ = ["SGLD", "SampleResult", "EnergyFn", "ENERGIES", "resolve_energy", "frozen_eval"]
+__all__ = ["ENERGIES", "SGLD", "EnergyFn", "SampleResult", "frozen_eval", "resolve_energy"]
 
 
 def _joint(logits: Tensor, y: Tensor | None) -> Tensor:
@@ -53,7 +54,9 @@ def resolve_energy(energy: str | EnergyFn) -> EnergyFn:
     if callable(energy):
         return energy
     if energy not in _NAMED:
-        raise UserError(f"unknown energy {energy!r}; choose one of {', '.join(ENERGIES)} or pass a callable")
+        raise UserError(
+            f"unknown energy {energy!r}; choose one of {', '.join(ENERGIES)} or pass a callable"
+        )
     return _NAMED[energy]
 
 
@@ -126,11 +129,20 @@ class SGLD:
 
     def config(self) -> dict[str, object]:
         """Hyperparameters as a JSON-friendly dict (for run.json)."""
-        energy = self.energy if isinstance(self.energy, str) else getattr(
-            self.energy, "__qualname__", repr(self.energy))
-        return {"sampler": "sgld", "step_size": self.step_size, "momentum": self.momentum,
-                "noise_std": self.noise_std, "steps": self.steps, "clamp": self.clamp,
-                "energy": energy}
+        energy = (
+            self.energy
+            if isinstance(self.energy, str)
+            else getattr(self.energy, "__qualname__", repr(self.energy))
+        )
+        return {
+            "sampler": "sgld",
+            "step_size": self.step_size,
+            "momentum": self.momentum,
+            "noise_std": self.noise_std,
+            "steps": self.steps,
+            "clamp": self.clamp,
+            "energy": energy,
+        }
 
     def __call__(
         self,
@@ -148,6 +160,8 @@ class SGLD:
         under ``torch.no_grad()``.
         """
         energy_fn = resolve_energy(self.energy)
+        if not x0.is_floating_point():
+            raise UserError(f"x0 must be a float tensor of images in [0, 1]; got {x0.dtype}")
         if y is not None:
             y = y.to(x0.device)
             if y.shape != (x0.shape[0],):

@@ -1,0 +1,156 @@
+"""SGLD speed and peak memory: robust_ebm.sampling.SGLD against a plain reference loop.
+
+The reference is the straightforward way to write the sampler: parameters left requiring grad,
+``loss.backward()`` filling both ``x.grad`` and every weight's ``.grad``, new tensors each step.
+Each variant runs in its own subprocess so that peak memory (ru_maxrss on the CPU,
+torch.cuda.max_memory_allocated on a GPU) is its own.
+
+    python benchmarks/generation.py                      # 100 x 1x28x28, small_cnn, CPU
+    python benchmarks/generation.py --device cuda --batch 500 --steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def reference_sgld(model, x0, y, step_size, momentum, noise_std, steps, generator):
+    model.eval()
+    x = x0.clone()
+    v = torch.zeros_like(x)
+    for _ in range(steps):
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        energy = -logits.gather(1, y.view(-1, 1)).squeeze(1)
+        loss = energy.sum()
+        loss.backward()
+        grad = x.grad
+        v = momentum * v - step_size / 2 * grad
+        noise = noise_std * torch.randn(x.shape, generator=generator, device=x.device)
+        x = torch.clamp(x.detach() + v + noise, 0, 1)
+        model.zero_grad()
+    return x.detach()
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def child(args: argparse.Namespace) -> dict:
+    from robust_ebm.models import create_model
+    from robust_ebm.sampling import SGLD
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = create_model(args.model, 10, args.channels).to(device)
+    x0 = torch.rand(args.batch, args.channels, args.size, args.size, device=device)
+    y = torch.arange(args.batch, device=device) % 10
+    sgld = SGLD(step_size=args.step_size, momentum=0.8, noise_std=0.001, steps=args.steps)
+
+    def run_once(steps: int) -> None:
+        gen = torch.Generator(device=device).manual_seed(0)
+        if args.variant == "ours":
+            SGLD(sgld.step_size, sgld.momentum, sgld.noise_std, steps)(model, x0, y, generator=gen)
+        else:
+            reference_sgld(model, x0, y, sgld.step_size, sgld.momentum, sgld.noise_std, steps, gen)
+
+    with torch.no_grad():  # one forward to load kernels and allocator before the baseline
+        model.eval()(x0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    rss0 = _rss_mib()
+    run_once(2)  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        run_once(args.steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    best = min(times)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20 - base
+        mem_kind = "cuda max_memory_allocated delta"
+    else:
+        peak = _rss_mib() - rss0
+        mem_kind = "ru_maxrss delta"
+    return {
+        "variant": args.variant,
+        "steps_per_s": args.steps / best,
+        "best_s": best,
+        "peak_mib": peak,
+        "memory": mem_kind,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="small_cnn")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--step-size", type=float, default=1.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.variant:  # child process
+        print(json.dumps(child(args)))
+        return 0
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("CUDA is not available", file=sys.stderr)
+        return 2
+    base = [a for a in (argv if argv is not None else sys.argv[1:]) if a]
+    results = {}
+    for variant in ("reference", "ours"):
+        out = subprocess.run(
+            [sys.executable, __file__, *base, "--variant", variant],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    ref, ours = results["reference"], results["ours"]
+    shape = f"{args.batch}x{args.channels}x{args.size}x{args.size}"
+    print(
+        f"SGLD on {args.model}, batch {shape}, {args.steps} steps, device {args.device}, "
+        f"threads {torch.get_num_threads()}, torch {torch.__version__}"
+    )
+    print(f"{'variant':<10} {'steps/s':>10} {'peak MiB':>10}   memory measured as")
+    for r in (ref, ours):
+        print(
+            f"{r['variant']:<10} {r['steps_per_s']:>10.2f} {r['peak_mib']:>10.1f}   {r['memory']}"
+        )
+    speed = ours["steps_per_s"] / ref["steps_per_s"]
+    mem = ours["peak_mib"] / ref["peak_mib"] if ref["peak_mib"] > 0 else float("nan")
+    print(f"ratio ours/reference: speed x{speed:.2f}, peak memory x{mem:.2f}")
+    if args.json:
+        from robust_ebm.io import atomic_write_json
+
+        atomic_write_json(
+            args.json,
+            {"args": vars(args), "results": results, "speed_ratio": speed, "memory_ratio": mem},
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

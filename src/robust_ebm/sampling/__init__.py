@@ -1,0 +1,40 @@
+"""Generation from a classifier read as an EBM: SGLD with momentum and its initialisations.
+
+>>> from robust_ebm.sampling import SGLD, ClassPCAInit, generate
+>>> # init = ClassPCAInit().fit(train_images, train_labels)
+>>> # gen = generate(model, init, SGLD(step_size=1.0, momentum=0.8), range(10), n_per_class=10)
+"""
+
+from .generate import Generation, generate, sample_classes, save_grid
+from .init import (
+    ClassGaussianInit,
+    ClassPCAInit,
+    ClassStatistics,
+    Init,
+    NoiseInjectionInit,
+    UniformInit,
+    as_unit_float,
+    data_fingerprint,
+)
+from .sgld import ENERGIES, SGLD, EnergyFn, SampleResult, frozen_eval, resolve_energy
+
+__all__ = [
+    "ENERGIES",
+    "SGLD",
+    "ClassGaussianInit",
+    "ClassPCAInit",
+    "ClassStatistics",
+    "EnergyFn",
+    "Generation",
+    "Init",
+    "NoiseInjectionInit",
+    "SampleResult",
+    "UniformInit",
+    "as_unit_float",
+    "data_fingerprint",
+    "frozen_eval",
+    "generate",
+    "resolve_energy",
+    "sample_classes",
+    "save_grid",
+]
