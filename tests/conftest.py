@@ -98,3 +98,25 @@ def isolated_data(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(locate, "SYSTEM_ROOTS", (tmp_path / "system",))
     return tmp_path
+
+
+@pytest.fixture()
+def tiny_npz(tmp_path):
+    """A two-class 1x12x12 .npz (160 train, 40 test): bright top half vs bright bottom half."""
+    return write_tiny_npz(tmp_path / "tiny.npz")
+
+
+def write_tiny_npz(path, n_train=160, n_test=40, seed=0):
+    rng = np.random.default_rng(seed)
+    # two easy classes: bright top half vs bright bottom half, plus noise
+    def make(n):
+        y = rng.integers(0, 2, n)
+        x = rng.integers(0, 60, (n, 1, 12, 12))
+        x[y == 0, 0, :6] += 150
+        x[y == 1, 0, 6:] += 150
+        return x.astype(np.uint8), y.astype(np.int64)
+
+    xtr, ytr = make(n_train)
+    xte, yte = make(n_test)
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path

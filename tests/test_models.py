@@ -16,7 +16,10 @@ def test_output_shapes(name, num_classes, in_channels, size):
     if name.startswith("wide_resnet") and name != "wide_resnet" and size == 28:
         pytest.skip("full-size WRN covered once at 32x32")
     torch.manual_seed(0)
-    model = create_model(name, num_classes, in_channels, **SMALL_KWARGS.get(name, {})).eval()
+    kwargs = dict(SMALL_KWARGS.get(name, {}))
+    if name == "mlp":
+        kwargs["image_size"] = size
+    model = create_model(name, num_classes, in_channels, **kwargs).eval()
     with torch.no_grad():
         out = model(torch.rand(2, in_channels, size, size))
     assert out.shape == (2, num_classes)

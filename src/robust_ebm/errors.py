@@ -21,3 +21,7 @@ class CorruptDataError(UserError):
 
 class UnsafeCheckpointError(UserError):
     """A checkpoint file would need to run code (a pickle with globals) to be opened."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped with its last checkpoint intact."""

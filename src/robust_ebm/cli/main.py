@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import TrainingDivergedError, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"robust-ebm: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as exc:
+        print(f"robust-ebm: error: {exc}", file=sys.stderr)
+        return 1
     except FileNotFoundError as exc:
         print(f"robust-ebm: error: file not found: {exc.filename or exc}", file=sys.stderr)
         return 2

@@ -1,22 +1,43 @@
-"""``robust-ebm train``: train a classifier with a registered objective."""
+"""``robust-ebm train``: train a classifier with a registered objective.
+
+Settings come from defaults, an optional TOML file (``--config``), the flags below and
+``--set section.key=value`` (see :mod:`robust_ebm.train.config`). Works the same under
+``torchrun --nproc_per_node=N`` (DistributedDataParallel, logging and files on rank 0).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict
+from typing import Any
 
 import torch
 
 from ..checkpoint import save_model
-from ..data import ImageDataset, load_dataset, split_train_val
+from ..data import load_dataset, split_train_val
+from ..errors import UserError
 from ..models import create_model, list_models
 from ..objectives import list_objectives, make_objective
 from ..provenance import write_run_json
-from ..train import SCHEDULES, TrainConfig, train
-from .common import (
-    add_common_args, config_of, emit, format_report, nonnegative_float, output_dir, positive_int,
-    resolve_device,
-)
+from ..train import SCHEDULES, train
+from ..train.config import apply_set, default_config, load_toml, merge, train_config
+from .common import add_common_args, emit, nonnegative_float, output_dir, positive_int, resolve_device
+
+# flag -> (section, key)
+_FLAGS = {
+    "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
+    "val_size": ("data", "val_size"), "train_subset": ("data", "train_subset"),
+    "model": ("model", "name"), "objective": ("objective", "name"),
+    "eps": ("objective", "eps"), "step_size": ("objective", "step_size"),
+    "steps": ("objective", "steps"), "beta": ("objective", "beta"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "weight_decay": ("train", "weight_decay"), "schedule": ("train", "schedule"),
+    "crop_padding": ("train", "crop_padding"), "flip": ("train", "flip"), "seed": ("train", "seed"),
+    "eval_eps": ("train", "eval_eps"), "eval_steps": ("train", "eval_steps"),
+    "eval_n": ("train", "eval_n"), "energy_n": ("train", "energy_n"),
+    "save_every": ("train", "save_every"), "deterministic": ("train", "deterministic"),
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,63 +47,112 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_training_args(p: argparse.ArgumentParser, epochs: int = 5) -> None:
+def add_training_args(p: argparse.ArgumentParser) -> None:
     add_common_args(p)
-    p.add_argument("--model", default="small_cnn", help=f"one of {', '.join(list_models())}")
-    p.add_argument("--objective", default="standard", help=f"one of {', '.join(list_objectives())}")
-    p.add_argument("--epochs", type=positive_int, default=epochs)
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=nonnegative_float, default=0.05, help="peak learning rate")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=5e-4)
-    p.add_argument("--schedule", choices=SCHEDULES, default="onecycle")
-    p.add_argument("--crop-padding", type=int, default=0, help="random-crop padding in pixels")
-    p.add_argument("--flip", action="store_true", help="random horizontal flips")
-    p.add_argument("--val-size", type=int, default=5000,
-                   help="training samples held out for validation (0: none)")
+    # Every setting defaults to None here so that only flags given explicitly override the
+    # config file; the real defaults live in robust_ebm.train.config.default_config.
+    p.set_defaults(dataset=None, seed=None)
+    p.add_argument("--config", default=None, help="TOML file with [data] [model] [objective] [train]")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from state.pt")
+    p.add_argument("--model", default=None, help=f"one of {', '.join(list_models())}")
+    p.add_argument("--objective", default=None, help=f"one of {', '.join(list_objectives())}")
+    p.add_argument("--eps", type=nonnegative_float, default=None, help="attack budget, [0,1] pixel units")
+    p.add_argument("--step-size", type=nonnegative_float, default=None, help="inner attack step size")
+    p.add_argument("--steps", type=positive_int, default=None, help="inner attack steps")
+    p.add_argument("--beta", type=nonnegative_float, default=None, help="TRADES/MART/WEAT beta")
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=nonnegative_float, default=None, help="peak learning rate")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=None)
+    p.add_argument("--schedule", choices=SCHEDULES, default=None)
+    p.add_argument("--crop-padding", type=int, default=None, help="random-crop padding, pixels")
+    p.add_argument("--flip", action="store_const", const=True, default=None, help="random h-flips")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="training samples held out for validation (default 5000; 0: none)")
     p.add_argument("--train-subset", type=positive_int, default=None,
                    help="train on this many (seeded, random) training samples")
-    p.add_argument("--eval-subset", type=positive_int, default=None,
-                   help="evaluate on the first N validation/test samples")
+    p.add_argument("--eval-eps", type=nonnegative_float, default=None,
+                   help="PGD budget of the per-epoch evaluation (default: the objective's eps)")
+    p.add_argument("--eval-steps", type=positive_int, default=None)
+    p.add_argument("--eval-n", type=positive_int, default=None, help="val/test samples per epoch")
+    p.add_argument("--energy-n", type=int, default=None, help="train samples tracked per epoch")
+    p.add_argument("--save-every", type=int, default=None, help="also save state every N steps")
+    p.add_argument("--deterministic", action="store_const", const=True, default=None)
 
 
-def _prefix(ds: ImageDataset, n: int | None) -> ImageDataset:
-    return ds if n is None or n >= len(ds) else ds.subset(torch.arange(n))
+def resolve_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = default_config()
+    if defaults:
+        cfg = merge(cfg, defaults)
+    if args.config:
+        cfg = merge(cfg, load_toml(args.config))
+    for flag, (section, key) in _FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            cfg[section][key] = value
+    for assignment in args.overrides:
+        apply_set(cfg, assignment)
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
-
-    if args.crop_padding < 0:
-        raise UserError(f"--crop-padding must be >= 0; got {args.crop_padding}")
-    if args.val_size < 0:
-        raise UserError(f"--val-size must be >= 0; got {args.val_size}")
-    device = resolve_device(args.device)
-    objective = make_objective(args.objective)
-    cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, schedule=args.schedule, crop_padding=args.crop_padding,
-        flip=args.flip, seed=args.seed,
-    )
-    full = load_dataset(args.dataset, "train", args.data_dir)
-    test = _prefix(load_dataset(args.dataset, "test", args.data_dir), args.eval_subset)
-    if args.val_size >= len(full):
-        raise UserError(f"--val-size {args.val_size} leaves no training data ({len(full)} samples)")
-    train_set, val = split_train_val(full, args.val_size, seed=args.seed) if args.val_size else (full, None)
-    if args.train_subset is not None and args.train_subset < len(train_set):
-        g = torch.Generator().manual_seed(args.seed)
-        train_set = train_set.subset(torch.randperm(len(train_set), generator=g)[: args.train_subset])
-    val = _prefix(val, args.eval_subset) if val is not None else None
-    c, _, _ = train_set.shape
-    model = create_model(args.model, train_set.num_classes, c, train_set.mean, train_set.std)
-    out = output_dir(args, "train")
-    write_run_json(out, config_of(args) | {"train_config": asdict(cfg)}, args.seed, device)
-    meta = {"dataset": args.dataset, "objective": args.objective}
-    log = (lambda s: None) if args.json else print
-    history = train(model, objective, train_set, cfg, val_set=val, test_set=test, out_dir=out,
-                    device=device, metadata=meta, log=log)
-    final = history[-1]
-    save_model(out / "model.safetensors", model, epoch=cfg.epochs, metrics=final,
-               config=asdict(cfg), **meta)
-    result = {"out": str(out), "history": history, "test": final.get("test")}
-    emit(result, args.json, format_report("test", final["test"]) + f"\ncheckpoint: {out / 'model.safetensors'}")
+    result = execute(args)
+    if result is None:  # a non-main rank under torchrun
+        return 0
+    test_rep = result["test"]
+    text = f"checkpoint: {result['checkpoint']}"
+    if test_rep:
+        text = (f"test ({test_rep['n']} samples): clean accuracy {test_rep['accuracy']:.4f}, "
+                f"PGD accuracy {test_rep['accuracy_adv']:.4f}\n"
+                f"  E(x) mean {test_rep['E_x']['mean']:.3f} std {test_rep['E_x']['std']:.3f}; "
+                f"E(x,y) mean {test_rep['E_xy']['mean']:.3f} std {test_rep['E_xy']['std']:.3f}\n" + text)
+    emit(result, args.json, text)
     return 0
+
+
+def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Train as configured; the result dict (None on non-main ranks)."""
+    cfg = resolve_config(args, defaults)
+    obj_hp = {k: v for k, v in cfg["objective"].items() if k != "name"}
+    objective = make_objective(cfg["objective"]["name"], **obj_hp)
+    if cfg["train"].get("eval_eps") is None and getattr(objective, "eps", None) is not None:
+        cfg["train"]["eval_eps"] = float(objective.eps)
+    tcfg = train_config(cfg)
+    data = cfg["data"]
+    if data["val_size"] is None or data["val_size"] < 0:
+        raise UserError(f"val_size must be >= 0; got {data['val_size']}")
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out pointing at the interrupted run's folder")
+    device = resolve_device(args.device)
+    model_kw = {k: v for k, v in cfg["model"].items() if k != "name"}
+    full = load_dataset(data["dataset"], "train", data["data_dir"])
+    test = load_dataset(data["dataset"], "test", data["data_dir"])
+    if data["val_size"] >= len(full):
+        raise UserError(f"val_size {data['val_size']} leaves no training data ({len(full)} samples)")
+    train_set, val = (
+        split_train_val(full, data["val_size"], seed=tcfg.seed) if data["val_size"] else (full, None)
+    )
+    if data["train_subset"] is not None and data["train_subset"] < len(train_set):
+        g = torch.Generator().manual_seed(tcfg.seed)
+        train_set = train_set.subset(torch.randperm(len(train_set), generator=g)[: data["train_subset"]])
+    c = train_set.shape[0]
+    torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
+    model = create_model(cfg["model"]["name"], train_set.num_classes, c, train_set.mean,
+                         train_set.std, **model_kw)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    out = output_dir(args, "train")
+    if is_main and not args.resume:
+        write_run_json(out, cfg, tcfg.seed, device)
+    meta = {"dataset": data["dataset"], "objective": cfg["objective"]["name"],
+            "objective_config": cfg["objective"]}
+    log = (lambda s: None) if (args.json or not is_main) else print
+    history = train(model, objective, train_set, tcfg, val_set=val, test_set=test, out_dir=out,
+                    device=device, metadata=meta, run_config=cfg, resume=args.resume, log=log)
+    if not is_main:
+        return None
+    final = history[-1]
+    ckpt = save_model(out / "model.safetensors", model, epoch=tcfg.epochs, metrics=final,
+                      config=asdict(tcfg), **meta)
+    return {"out": str(out), "checkpoint": str(ckpt), "config": cfg, "history": history,
+            "test": final.get("eval", {}).get("test")}

@@ -4,7 +4,7 @@
 >>> model = create_model("small_cnn", num_classes=10, in_channels=1)
 """
 
-from . import preact_resnet, resnet, small_cnn, wide_resnet  # noqa: F401  (registration)
+from . import mlp, preact_resnet, resnet, small_cnn, wide_resnet  # noqa: F401  (registration)
 from .foreign import load_foreign_state_dict
 from .layers import Classifier, Normalize
 from .registry import create_model, list_models, register_model

@@ -1,4 +1,4 @@
-"""Training: the loop, its configuration, schedules."""
+"""Training: the loop, its configuration, crash-safe state, energy tracking, torchrun support."""
 
 from .loop import SCHEDULES, TrainConfig, make_optimizer, make_scheduler, train
 

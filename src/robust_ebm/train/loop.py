@@ -1,5 +1,16 @@
-"""The one training loop: SGD with momentum and weight decay, an LR schedule, per-epoch evaluation
-and checkpoints. Objectives (:mod:`robust_ebm.objectives`) decide what is minimised.
+"""The one training loop.
+
+SGD with momentum and weight decay, a per-step LR schedule (one-cycle by default, as in
+Mirza et al. 2024, arXiv 2407.06315), per-epoch clean and PGD-k evaluation with energy tracking
+(:mod:`robust_ebm.train.tracking`), the best checkpoint by validation robust accuracy, crash-safe
+state (:mod:`robust_ebm.train.state`) and DistributedDataParallel under torchrun
+(:mod:`robust_ebm.train.dist`). Objectives (:mod:`robust_ebm.objectives`) decide what is
+minimised; they get the (possibly DDP-wrapped) model and run their inner attack on
+``dist.unwrap(model)``.
+
+Randomness is keyed by position: before each step the global RNG is seeded from
+(seed, epoch, batch, rank), and the loader's order and augmentation are seeded the same way, so
+a run resumed from any saved step continues exactly as the uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -8,7 +19,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +28,29 @@ from torch import Tensor, nn
 
 from ..checkpoint import save_model
 from ..data import Augment, ImageDataset, TensorLoader
-from ..errors import UserError
+from ..data.loader import derive_seed
+from ..errors import TrainingDivergedError, UserError
 from ..io import atomic_write_text
 from ..progress import Progress
-from ..statistics import clean_report
+from . import dist
+from .state import STATE_FILE, TrainState, load_state, save_state
+from .tracking import evaluate_subsets, overfitting_warning, plot_dynamics, write_csv
 
 SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
+Objective = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of the training loop (the objective has its own).
+    """Hyperparameters of the loop (the objective has its own).
 
-    Defaults follow the WEAT paper's recipe (arXiv 2407.06315): SGD momentum 0.9, weight decay
-    5e-4, one-cycle LR with ``pct_start`` 0.25. ``lr`` is the peak LR.
+    Defaults follow the WEAT recipe: SGD momentum 0.9, weight decay 5e-4, one-cycle LR with
+    ``pct_start`` 0.25; ``lr`` is the peak LR. Budgets (``eval_eps``, ``eval_step_size``) are in
+    pixel units of [0,1] images; ``eval_eps=None`` evaluates clean accuracy only.
     """
 
     epochs: int = 5
-    batch_size: int = 128
+    batch_size: int = 128  # global batch; each of W processes takes batch_size / W
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -45,25 +61,44 @@ class TrainConfig:
     crop_padding: int = 0
     flip: bool = False
     seed: int = 0
+    eval_eps: float | None = None
+    eval_step_size: float | None = None  # None: 2.5 * eps / steps
+    eval_steps: int = 10
+    eval_n: int = 1000  # validation/test samples evaluated each epoch
+    energy_n: int = 500  # fixed training samples tracked each epoch
     eval_batch_size: int = 500
-    limit_train_batches: int | None = None  # for smoke tests
-    extra: dict[str, Any] = field(default_factory=dict)
+    save_every: int = 0  # also save the training state every N steps (0: each epoch only)
+    deterministic: bool = False
+    limit_train_batches: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0; got {self.lr}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0; got {self.lr}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}; got {self.schedule!r}"),
             (0 < self.pct_start < 1, f"pct_start must be in (0, 1); got {self.pct_start}"),
             (self.crop_padding >= 0, f"crop_padding must be >= 0; got {self.crop_padding}"),
+            (self.eval_eps is None or self.eval_eps >= 0, f"eval_eps must be >= 0; got {self.eval_eps}"),
+            (self.eval_steps >= 1, f"eval_steps must be >= 1; got {self.eval_steps}"),
+            (self.eval_n >= 1 and self.energy_n >= 0, "eval_n must be >= 1 and energy_n >= 0"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}"),
+            (self.save_every >= 0, f"save_every must be >= 0; got {self.save_every}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
+
+    def eval_attack(self) -> Any:
+        """PGD-k on CE at ``eval_eps`` (fixed seed), or the identity when eval_eps is None."""
+        if self.eval_eps is None:
+            return lambda model, x, y: x
+        from ..attacks import make_attack
+
+        step = self.eval_step_size if self.eval_step_size is not None else 2.5 * self.eval_eps / self.eval_steps
+        return make_attack("pgd", eps=self.eval_eps, step_size=step, steps=self.eval_steps, seed=self.seed)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -92,9 +127,24 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
 
+def _fixed_subsets(
+    cfg: TrainConfig, train_set: ImageDataset, val_set: ImageDataset | None,
+    test_set: ImageDataset | None,
+) -> dict[str, ImageDataset]:
+    subsets: dict[str, ImageDataset] = {}
+    if cfg.energy_n > 0:
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, 7))
+        pick = torch.randperm(len(train_set), generator=g)[: cfg.energy_n]
+        subsets["train"] = train_set.subset(pick)
+    for name, ds in (("val", val_set), ("test", test_set)):
+        if ds is not None:
+            subsets[name] = ds.subset(torch.arange(min(cfg.eval_n, len(ds))))
+    return subsets
+
+
 def train(
     model: nn.Module,
-    objective: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]],
+    objective: Objective,
     train_set: ImageDataset,
     cfg: TrainConfig,
     *,
@@ -103,77 +153,133 @@ def train(
     out_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     metadata: dict[str, Any] | None = None,
+    run_config: dict[str, Any] | None = None,
+    resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place; return one record per epoch.
 
-    Each epoch logs the mean training loss and accuracy, and clean accuracy with energy
-    statistics on ``val_set`` and ``test_set``. With ``out_dir``, writes ``metrics.jsonl``,
-    ``last.safetensors`` every epoch and ``best.safetensors`` by validation accuracy.
+    With ``out_dir``: ``state.pt`` (resumable state) each epoch and every ``save_every`` steps,
+    ``last.safetensors``, ``best.safetensors`` (by validation PGD accuracy, else test),
+    ``metrics.jsonl``, ``energy.csv`` and ``energy_dynamics.png``. ``resume`` continues from
+    ``out_dir/state.pt``; ``run_config`` (the resolved configuration) must then match.
     """
+    device = torch.device(device)
+    info, device = dist.setup(device)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if cfg.batch_size % info.world_size:
+        raise UserError(f"batch_size {cfg.batch_size} must divide by the {info.world_size} processes")
     torch.manual_seed(cfg.seed)
     model.to(device)
-    augment = Augment(crop_padding=cfg.crop_padding, flip=cfg.flip)
     loader = TensorLoader(
-        train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment,
-        drop_last=True, device=device,
+        train_set, cfg.batch_size // info.world_size, shuffle=True, seed=cfg.seed,
+        augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip), drop_last=True,
+        rank=info.rank, world_size=info.world_size, device=device,
     )
     steps = len(loader) if cfg.limit_train_batches is None else min(len(loader), cfg.limit_train_batches)
     if steps < 1:
         raise UserError(
             f"training set of {len(train_set)} samples gives no full batch of {cfg.batch_size}; "
-            "lower --batch-size"
+            "lower the batch size"
         )
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, steps)
     out = Path(out_dir) if out_dir is not None else None
-    history: list[dict[str, Any]] = []
-    best = -1.0
+    config = run_config if run_config is not None else {"train": asdict(cfg)}
+    state = TrainState()
+    if resume:
+        if out is None or not (out / STATE_FILE).is_file():
+            raise UserError(f"--resume: no {STATE_FILE} in {out}; nothing to resume")
+        state = load_state(out / STATE_FILE, model, opt, sched, config)
+        log(f"resuming at epoch {state.epoch + 1}, batch {state.batch}")
+    ddp_model = dist.wrap(model, info, device)
+    subsets = _fixed_subsets(cfg, train_set, val_set, test_set)
+    attack = cfg.eval_attack()
     meta = dict(metadata or {})
-    for epoch in range(cfg.epochs):
-        model.train()
+
+    def checkpoint() -> None:
+        if out is not None and info.is_main:
+            save_state(out / STATE_FILE, state, model, opt, sched, config)
+
+    while state.epoch < cfg.epochs:
+        epoch = state.epoch
+        ddp_model.train()
         t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        with Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}") as bar:
-            for i, (x, y) in enumerate(loader.iterate(epoch)):
+        with Progress(steps - state.batch, f"epoch {epoch + 1}/{cfg.epochs}") as bar:
+            for i, (x, y) in enumerate(loader.iterate(epoch, start_batch=state.batch), state.batch):
                 if i >= steps:
                     break
-                loss, logs = objective(model, x, y)
+                torch.manual_seed(derive_seed(cfg.seed, epoch, i, info.rank))
+                loss, logs = objective(ddp_model, x, y)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                        "lower the learning rate (the last checkpoint is intact)"
+                    raise TrainingDivergedError(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped. "
+                        "The last saved checkpoint is intact: lower the learning rate and resume"
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                bar.update(1, loss=float(logs.get("loss", loss)))
+                    state.sums[k] = state.sums.get(k, 0.0) + float(v)
+                state.batch = i + 1
+                bar.update(1, loss=float(loss.detach()))
+                if cfg.save_every and state.batch % cfg.save_every == 0 and state.batch < steps:
+                    checkpoint()
+        sums = dist.all_reduce_sum(state.sums, info, device)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
-            "train": {k: v / steps for k, v in sums.items()},
+            "train_loss": {k: v / (steps * info.world_size) for k, v in sums.items()},
             "lr": sched.get_last_lr()[0],
             "epoch_seconds": time.perf_counter() - t0,
         }
-        for name, ds in (("val", val_set), ("test", test_set)):
-            if ds is not None:
-                record[name] = clean_report(model, ds.images, ds.labels, cfg.eval_batch_size)
-        history.append(record)
-        msg = f"epoch {epoch + 1}: loss {record['train'].get('loss', float('nan')):.4f}"
-        for name in ("val", "test"):
-            if name in record:
-                msg += f", {name} acc {record[name]['accuracy']:.4f}"
-        log(msg + f" ({record['epoch_seconds']:.1f}s)")
-        if out is not None:
-            save_model(out / "last.safetensors", model, epoch=epoch + 1, metrics=record,
-                       config=asdict(cfg), **meta)
-            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-            score = record.get("val", record.get("test", {})).get("accuracy", -1.0)
-            if score > best:
-                best = score
-                save_model(out / "best.safetensors", model, epoch=epoch + 1, metrics=record,
-                           config=asdict(cfg), **meta)
-    return history
+        if info.is_main:
+            record["eval"] = evaluate_subsets(model, subsets, attack, cfg.eval_batch_size)
+            record["eval_attack"] = (
+                None if cfg.eval_eps is None else
+                {"name": "pgd", "eps": cfg.eval_eps, "steps": cfg.eval_steps}
+            )
+        state.history.append(record)
+        state.epoch, state.batch, state.sums = epoch + 1, 0, {}
+        if info.is_main:
+            _report_epoch(record, state, log)
+            warn = overfitting_warning(state.history)
+            if warn:
+                record["warning"] = warn
+                log("warning: " + warn)
+            if out is not None:
+                _write_outputs(out, model, record, state, cfg, meta)
+        checkpoint()
+        dist.barrier(info)
+    dist.teardown(info)
+    return state.history
 
+
+def _score(record: dict[str, Any]) -> float:
+    ev = record.get("eval", {})
+    split = ev.get("val") or ev.get("test")
+    return split["accuracy_adv"] if split else -1.0
+
+
+def _report_epoch(record: dict[str, Any], state: TrainState, log: Callable[[str], None]) -> None:
+    msg = f"epoch {record['epoch']}: loss {record['train_loss'].get('loss', float('nan')):.4f}"
+    for split, rep in record.get("eval", {}).items():
+        msg += f" | {split} acc {rep['accuracy']:.4f}"
+        if record.get("eval_attack"):
+            msg += f" pgd {rep['accuracy_adv']:.4f} dE(x) {rep['dE_x']['mean']:+.3f}"
+    log(msg + f" ({record['epoch_seconds']:.1f}s)")
+
+
+def _write_outputs(
+    out: Path, model: nn.Module, record: dict[str, Any], state: TrainState, cfg: TrainConfig,
+    meta: dict[str, Any],
+) -> None:
+    kw = dict(metrics=record, config=asdict(cfg), **meta)
+    save_model(out / "last.safetensors", model, epoch=record["epoch"], **kw)
+    if _score(record) > state.best:
+        state.best, state.best_epoch = _score(record), record["epoch"]
+        save_model(out / "best.safetensors", model, epoch=record["epoch"], **kw)
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
+    write_csv(out / "energy.csv", state.history)
+    plot_dynamics(out / "energy_dynamics.png", state.history, title=str(meta.get("objective", "")))

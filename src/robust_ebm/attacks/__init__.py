@@ -1,0 +1,30 @@
+"""Adversarial attacks: one gradient engine, pluggable per-sample losses, a registry.
+
+>>> from robust_ebm.attacks import make_attack
+>>> attack = make_attack("pgd", eps=8 / 255, steps=10)
+>>> x_adv = attack(model, x, y)  # doctest: +SKIP
+
+See ``docs/attacks.md`` for the conventions and how to add an attack.
+"""
+
+from .apgd import APGD
+from .core import frozen_eval
+from .geometry import L2, Linf, get_geometry
+from .pgd import PGD
+from .reference import AutoAttack, TorchAttacks
+from .registry import REFERENCE_ATTACKS, list_attacks, make_attack, register_attack
+
+__all__ = [
+    "APGD",
+    "PGD",
+    "AutoAttack",
+    "TorchAttacks",
+    "L2",
+    "Linf",
+    "get_geometry",
+    "frozen_eval",
+    "make_attack",
+    "list_attacks",
+    "register_attack",
+    "REFERENCE_ATTACKS",
+]

@@ -1,0 +1,107 @@
+"""Energy dynamics as a first-class record of training (Mirza et al. 2024, Sec. 3).
+
+Each epoch, on fixed subsets, the model is attacked with PGD-k and we record clean and
+adversarial accuracy and summaries of E(x), E(x*), E(x,y), E(x*,y), dE(x), dE(x,y) and CE
+(:func:`robust_ebm.statistics.attacked_report`). Records go to ``metrics.jsonl`` (by the loop),
+``energy.csv`` and ``energy_dynamics.png`` here. Robust overfitting is flagged when validation
+robust accuracy falls from its best while mean dE(x) on training data diverges.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..data import ImageDataset
+from ..io import atomic_write, atomic_write_text
+from ..statistics import attacked_energies, attacked_report
+
+
+def evaluate_subsets(
+    model: nn.Module, subsets: dict[str, ImageDataset], attack: Any, batch_size: int
+) -> dict[str, dict[str, Any]]:
+    """:func:`attacked_report` for each named subset."""
+    return {
+        name: attacked_report(attacked_energies(model, ds.images, ds.labels, attack, batch_size))
+        for name, ds in subsets.items()
+    }
+
+
+CSV_STATS = ("mean", "std", "q05", "q50", "q95")
+
+
+def write_csv(path: str | os.PathLike[str], history: list[dict[str, Any]]) -> Path:
+    """One row per (epoch, split, quantity) with mean/std/quantiles; accuracies as 'mean'."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["epoch", "split", "quantity", *CSV_STATS])
+    for rec in history:
+        for split, rep in rec.get("eval", {}).items():
+            for key, val in rep.items():
+                if isinstance(val, dict):
+                    w.writerow([rec["epoch"], split, key, *(f"{val[s]:.6g}" for s in CSV_STATS)])
+                elif key != "n":
+                    w.writerow([rec["epoch"], split, key, f"{val:.6g}", "", "", "", ""])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def plot_dynamics(path: str | os.PathLike[str], history: list[dict[str, Any]], title: str = "") -> Path:
+    """Mean dE(x), dE(x,y) (with std bands) and clean/robust accuracy per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    splits = sorted({s for r in history for s in r.get("eval", {})})
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for split in splits:
+        recs = [r["eval"][split] for r in history if split in r.get("eval", {})]
+        ep = [r["epoch"] for r in history if split in r.get("eval", {})]
+        for ax, key in ((axes[0], "dE_x"), (axes[1], "dE_xy")):
+            m = [x[key]["mean"] for x in recs]
+            s = [x[key]["std"] for x in recs]
+            ax.plot(ep, m, marker="o", label=split)
+            ax.fill_between(ep, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.15)
+        axes[2].plot(ep, [x["accuracy"] for x in recs], marker="o", label=f"{split} clean")
+        axes[2].plot(ep, [x["accuracy_adv"] for x in recs], marker="x", ls="--", label=f"{split} PGD")
+    for ax, t in zip(axes, ("dE(x) = E(x) - E(x*)", "dE(x,y) = E(x,y) - E(x*,y)", "accuracy")):
+        ax.set_title(t)
+        ax.set_xlabel("epoch")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.legend(fontsize=7)
+    if epochs:
+        for ax in axes:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return out
+
+
+def overfitting_warning(
+    history: list[dict[str, Any]], acc_drop: float = 0.01, de_growth: float = 0.5
+) -> str | None:
+    """A message when val robust accuracy fell more than ``acc_drop`` below its best while the
+    train-subset |mean dE(x)| grew by more than ``de_growth`` (relative) since that best epoch."""
+    recs = [r for r in history if "val" in r.get("eval", {}) and "train" in r.get("eval", {})]
+    if len(recs) < 2:
+        return None
+    best = max(recs, key=lambda r: r["eval"]["val"]["accuracy_adv"])
+    last = recs[-1]
+    drop = best["eval"]["val"]["accuracy_adv"] - last["eval"]["val"]["accuracy_adv"]
+    de_best = abs(best["eval"]["train"]["dE_x"]["mean"])
+    de_last = abs(last["eval"]["train"]["dE_x"]["mean"])
+    if drop > acc_drop and de_last > (1 + de_growth) * de_best:
+        return (
+            f"robust overfitting: validation PGD accuracy {last['eval']['val']['accuracy_adv']:.4f} is "
+            f"{drop:.4f} below its best (epoch {best['epoch']}) while |mean dE(x)| on training data "
+            f"grew from {de_best:.3f} to {de_last:.3f}"
+        )
+    return None

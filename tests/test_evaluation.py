@@ -1,0 +1,202 @@
+"""Robust evaluation: the cascade, the report, sanity checks and the `attack` CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from robust_ebm.attacks import make_attack
+from robust_ebm.errors import UserError
+from robust_ebm.evaluation import evaluate_robustness, sanity_checks, zero_gradient_share
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_attacks_fixtures import digits_data, digits_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = digits_data()
+    return digits_model(), x[:200], y[:200]
+
+
+def _acc(model, x, y):
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def test_cascade_is_worst_case_and_consistent(digits):
+    model, x, y = digits
+    report = evaluate_robustness(model, (x, y), "fgsm,pgd,apgd_ce", eps=0.1, batch_size=64)
+    assert report.n == 200
+    assert report.clean_accuracy == pytest.approx(_acc(model, x, y))
+    accs = [r.robust_accuracy for r in report.rows]
+    assert accs == sorted(accs, reverse=True)  # never rises along the cascade
+    assert report.robust_accuracy == accs[-1]
+    # attacked counts follow the cascade: each stage sees the survivors of the previous one
+    assert report.rows[0].attacked == int(report.clean_correct.sum())
+    for prev, cur in zip(report.rows, report.rows[1:]):
+        assert cur.attacked == prev.attacked - prev.fooled
+    # worst case is at most every single attack's own robust accuracy
+    for name in ("fgsm", "pgd", "apgd_ce"):
+        single = _acc(model, make_attack(name, eps=0.1)(model, x, y), y)
+        assert report.robust_accuracy <= single + 1e-9
+    # stored adversarial examples really fool the model where it says so, and stay in the ball
+    pred = model(report.x_adv).argmax(1)
+    fooled = report.clean_correct & ~report.robust
+    assert bool((pred[fooled] != y[fooled]).all())
+    assert float((report.x_adv - x).abs().max()) <= 0.1 + 1e-6
+    assert all((f is None) == bool(r) or not c for f, r, c in
+               zip(report.fooled_by, report.robust.tolist(), report.clean_correct.tolist()))
+    d = report.to_dict()
+    json.dumps(d)
+    assert "| **worst case** |" in report.table()
+
+
+def test_accepts_image_dataset_like_objects(digits):
+    model, x, y = digits
+
+    class DS:
+        images = (x * 255).round().to(torch.uint8)
+        labels = y
+
+    report = evaluate_robustness(model, DS(), ["pgd"], eps=0.1)
+    expected = evaluate_robustness(model, (DS.images.float() / 255, y), ["pgd"], eps=0.1)
+    assert report.robust_accuracy == expected.robust_accuracy
+
+
+def test_attack_objects_and_pairs(digits):
+    model, x, y = digits
+    pgd = make_attack("pgd", eps=0.1)
+    a = evaluate_robustness(model, (x, y), [("mine", pgd)])
+    b = evaluate_robustness(model, (x, y), {"mine": pgd})
+    assert a.rows[0].name == "mine" and a.robust_accuracy == b.robust_accuracy
+
+
+def test_bad_evaluation_input(digits):
+    model, x, y = digits
+    with pytest.raises(UserError, match="unknown attack"):
+        evaluate_robustness(model, (x, y), "pgd,nope", eps=0.1)
+    with pytest.raises(UserError, match="same length"):
+        evaluate_robustness(model, (x, y[:-1]), "pgd", eps=0.1)
+    with pytest.raises(UserError, match="no attacks"):
+        evaluate_robustness(model, (x, y), [], eps=0.1)
+
+
+def test_sanity_checks_pass_on_an_honest_model(digits):
+    model, x, y = digits
+    checks = {c.name: c for c in sanity_checks(model, x[:100], y[:100], eps=0.1,
+                                               white_box_accuracy=0.3)}
+    assert set(checks) == {"accuracy_falls_with_eps", "more_steps_never_help",
+                           "unbounded_attack_succeeds", "black_box_not_better", "zero_gradients"}
+    for name in ("accuracy_falls_with_eps", "more_steps_never_help",
+                 "unbounded_attack_succeeds", "zero_gradients"):
+        assert checks[name].passed, checks[name].detail
+
+
+class _Shattered(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 4) / 4)  # round has zero derivative
+
+
+def test_sanity_checks_flag_gradient_masking(digits):
+    model, x, y = digits
+    masked = _Shattered(model)
+    assert zero_gradient_share(masked, x[:50], y[:50]) == 1.0
+    checks = {c.name: c for c in sanity_checks(masked, x[:50], y[:50], eps=0.1,
+                                               white_box_accuracy=0.9)}
+    assert checks["zero_gradients"].passed is False
+    assert checks["unbounded_attack_succeeds"].passed is False
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+
+
+def _parse(argv):
+    from robust_ebm.cli import attack_cmd
+
+    parser = argparse.ArgumentParser(prog="robust-ebm")
+    sub = parser.add_subparsers(dest="command")
+    attack_cmd.add_parser(sub)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from robust_ebm.checkpoint import save_model
+    from robust_ebm.models import create_model
+
+    x, y = digits_data()
+    torch.manual_seed(0)
+    model = create_model("small_cnn", num_classes=10, in_channels=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(40):
+        idx = torch.randint(0, len(x), (128,), generator=g)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save_model(path, model.eval(), dataset="digits")
+    return path
+
+
+def test_attack_cli_end_to_end(checkpoint, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from robust_ebm.data import load_dataset
+
+    try:
+        ds = load_dataset("digits", "test")
+    except UserError as exc:  # pragma: no cover - depends on the data module
+        pytest.skip(f"digits dataset unavailable: {exc}")
+    out = tmp_path / "run"
+    args = _parse(["attack", "--checkpoint", str(checkpoint), "--dataset", "digits",
+                   "--split", "test", "--n", "40", "--attacks", "fgsm,pgd", "--eps", "0.1",
+                   "--steps", "5", "--out", str(out), "--json"])
+    assert args.func(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in result["attacks"]] == ["fgsm", "pgd"]
+    saved = json.loads((out / "robustness.json").read_text())
+    assert saved["robust_accuracy"] == result["robust_accuracy"]
+    assert (out / "run.json").is_file()
+    t = load_file(str(out / "adversarial.safetensors"))
+    assert t["x_adv"].shape == (40, *ds.images.shape[1:]) and t["y"].shape == (40,)
+    assert float(t["x_adv"].min()) >= 0 and float(t["x_adv"].max()) <= 1
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--attacks", "pgd,nope"], "unknown attack"),
+        (["--attacks", ","], "empty"),
+        (["--steps", "5", "--attacks", "apgd_ce", "--norm", "l2"], None),
+        (["--attacks", "pgd", "--dataset", "cifar10", "--data-dir", "/nonexistent"], "."),
+    ],
+)
+def test_attack_cli_bad_input(checkpoint, tmp_path, argv, match):
+    base = ["attack", "--checkpoint", str(checkpoint), "--dataset", "digits", "--eps", "0.1",
+            "--n", "8", "--out", str(tmp_path / "o")]
+    args = _parse(base + argv)
+    if match is None:
+        assert args.func(args) == 0
+        return
+    with pytest.raises(UserError, match=match):
+        args.func(args)
+
+
+def test_attack_cli_rejects_negative_eps(checkpoint):
+    with pytest.raises(SystemExit):
+        _parse(["attack", "--checkpoint", str(checkpoint), "--eps", "-0.1"])
