@@ -13,22 +13,22 @@ from robust_ebm.attacks import REFERENCE_ATTACKS, list_attacks, make_attack
 from robust_ebm.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_attacks_fixtures import digits_data, digits_model, tiny_cnn  # noqa: E402
+from test_attacks_fixtures import digits_data, digits_model, tiny_cnn
 
 EPS = 0.1
 # small but real hyperparameters per attack (norm decides the ball the result must lie in)
 CONFIGS: dict[str, dict] = {
-    "fgsm": dict(eps=EPS),
-    "pgd": dict(eps=EPS, steps=5),
-    "pgd_l2": dict(eps=0.5, steps=5),
-    "cw": dict(eps=EPS, steps=5, kappa=5.0),
-    "trades_kl": dict(eps=EPS, steps=5),
-    "energy": dict(eps=EPS, steps=5, direction="descend"),
-    "he_pgd": dict(eps=EPS, steps=5),
-    "apgd": dict(eps=EPS, steps=10, loss="he", gamma=1.5),
-    "apgd_ce": dict(eps=EPS, steps=10),
-    "apgd_dlr": dict(eps=EPS, steps=10),
-    "apgd_t": dict(eps=EPS, steps=10, n_target_classes=3),
+    "fgsm": {"eps": EPS},
+    "pgd": {"eps": EPS, "steps": 5},
+    "pgd_l2": {"eps": 0.5, "steps": 5},
+    "cw": {"eps": EPS, "steps": 5, "kappa": 5.0},
+    "trades_kl": {"eps": EPS, "steps": 5},
+    "energy": {"eps": EPS, "steps": 5, "direction": "descend"},
+    "he_pgd": {"eps": EPS, "steps": 5},
+    "apgd": {"eps": EPS, "steps": 10, "loss": "he", "gamma": 1.5},
+    "apgd_ce": {"eps": EPS, "steps": 10},
+    "apgd_dlr": {"eps": EPS, "steps": 10},
+    "apgd_t": {"eps": EPS, "steps": 10, "n_target_classes": 3},
 }
 OWN = sorted(n for n in list_attacks() if n not in REFERENCE_ATTACKS)
 
@@ -243,15 +243,15 @@ def _acc(model, x, y) -> float:
 @pytest.mark.parametrize(
     "name,hp",
     [
-        ("fgsm", dict(eps=0.15)),
-        ("pgd", dict(eps=0.15, steps=10)),
-        ("pgd_l2", dict(eps=1.5, steps=10)),
-        ("cw", dict(eps=0.15, steps=10)),
-        ("trades_kl", dict(eps=0.15, steps=10)),
-        ("he_pgd", dict(eps=0.15, steps=10)),
-        ("apgd_ce", dict(eps=0.15, steps=20)),
-        ("apgd_dlr", dict(eps=0.15, steps=20)),
-        ("apgd_t", dict(eps=0.15, steps=20, n_target_classes=3)),
+        ("fgsm", {"eps": 0.15}),
+        ("pgd", {"eps": 0.15, "steps": 10}),
+        ("pgd_l2", {"eps": 1.5, "steps": 10}),
+        ("cw", {"eps": 0.15, "steps": 10}),
+        ("trades_kl", {"eps": 0.15, "steps": 10}),
+        ("he_pgd", {"eps": 0.15, "steps": 10}),
+        ("apgd_ce", {"eps": 0.15, "steps": 20}),
+        ("apgd_dlr", {"eps": 0.15, "steps": 20}),
+        ("apgd_t", {"eps": 0.15, "steps": 20, "n_target_classes": 3}),
     ],
 )
 def test_attacks_lower_accuracy(name, hp, digits):
@@ -311,15 +311,15 @@ class _Probs(nn.Module):
 @pytest.mark.parametrize(
     "name,hp,match",
     [
-        ("pgd", dict(eps=-0.1), "eps"),
-        ("pgd", dict(steps=0), "steps"),
-        ("apgd_ce", dict(steps=0), "steps"),
-        ("pgd", dict(norm="l7"), "norm"),
-        ("pgd", dict(loss="nope"), "unknown loss"),
-        ("nope", dict(), "unknown attack"),
-        ("pgd", dict(targeted="sideways"), "targeted"),
-        ("energy", dict(direction="up"), "direction"),
-        ("pgd", dict(gamma=1.0), "gamma"),
+        ("pgd", {"eps": -0.1}, "eps"),
+        ("pgd", {"steps": 0}, "steps"),
+        ("apgd_ce", {"steps": 0}, "steps"),
+        ("pgd", {"norm": "l7"}, "norm"),
+        ("pgd", {"loss": "nope"}, "unknown loss"),
+        ("nope", {}, "unknown attack"),
+        ("pgd", {"targeted": "sideways"}, "targeted"),
+        ("energy", {"direction": "up"}, "direction"),
+        ("pgd", {"gamma": 1.0}, "gamma"),
     ],
 )
 def test_bad_hyperparameters(name, hp, match):

@@ -18,8 +18,13 @@ class TinyCNN(nn.Module):
     def __init__(self, k: int = 10) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Dropout(0.1), nn.Flatten(), nn.Linear(8 * 4 * 4, k),
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.1),
+            nn.Flatten(),
+            nn.Linear(8 * 4 * 4, k),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

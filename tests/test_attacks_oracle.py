@@ -16,7 +16,7 @@ import torch
 from robust_ebm.attacks import REFERENCE_ATTACKS, make_attack
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_attacks_fixtures import digits_data, digits_model, tiny_cnn  # noqa: E402
+from test_attacks_fixtures import digits_data, digits_model, tiny_cnn
 
 pytestmark = pytest.mark.oracle
 
@@ -72,9 +72,9 @@ def test_pgd_l2_without_random_start_equals_torchattacks():
     "ours,theirs,hp",
     [
         # AutoAttack's 'custom' version runs APGD-CE/DLR with 5 restarts, APGD-T with 1 per target
-        ("apgd_ce", "apgd-ce", dict(restarts=5)),
-        ("apgd_dlr", "apgd-dlr", dict(restarts=5)),
-        ("apgd_t", "apgd-t", dict()),
+        ("apgd_ce", "apgd-ce", {"restarts": 5}),
+        ("apgd_dlr", "apgd-dlr", {"restarts": 5}),
+        ("apgd_t", "apgd-t", {}),
     ],
 )
 def test_apgd_matches_autoattack_robust_accuracy(ours, theirs, hp):
@@ -110,16 +110,16 @@ def test_autoattack_standard_runs_on_cpu_with_our_conventions():
 
 
 TA_CONFIGS = {
-    "ta_square": dict(eps=0.1, n_queries=100),
-    "ta_fab": dict(eps=0.1, steps=10),
-    "ta_deepfool": dict(eps=1.0, steps=10),
-    "ta_pgd": dict(eps=0.1, steps=5),
-    "ta_pgd_l2": dict(eps=1.0, steps=5),
-    "ta_apgd": dict(eps=0.1, steps=10),
-    "ta_apgdt": dict(eps=0.1, steps=10, n_classes=10),
-    "ta_cw": dict(eps=1.0, steps=10),
-    "ta_fgsm": dict(eps=0.1),
-    "torchattacks": dict(attack="Square", eps=0.1, n_queries=50),
+    "ta_square": {"eps": 0.1, "n_queries": 100},
+    "ta_fab": {"eps": 0.1, "steps": 10},
+    "ta_deepfool": {"eps": 1.0, "steps": 10},
+    "ta_pgd": {"eps": 0.1, "steps": 5},
+    "ta_pgd_l2": {"eps": 1.0, "steps": 5},
+    "ta_apgd": {"eps": 0.1, "steps": 10},
+    "ta_apgdt": {"eps": 0.1, "steps": 10, "n_classes": 10},
+    "ta_cw": {"eps": 1.0, "steps": 10},
+    "ta_fgsm": {"eps": 0.1},
+    "torchattacks": {"attack": "Square", "eps": 0.1, "n_queries": 50},
 }
 
 

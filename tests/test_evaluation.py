@@ -16,7 +16,7 @@ from robust_ebm.errors import UserError
 from robust_ebm.evaluation import evaluate_robustness, sanity_checks, zero_gradient_share
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_attacks_fixtures import digits_data, digits_model  # noqa: E402
+from test_attacks_fixtures import digits_data, digits_model
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,10 @@ def test_cascade_is_worst_case_and_consistent(digits):
     fooled = report.clean_correct & ~report.robust
     assert bool((pred[fooled] != y[fooled]).all())
     assert float((report.x_adv - x).abs().max()) <= 0.1 + 1e-6
-    assert all((f is None) == bool(r) or not c for f, r, c in
-               zip(report.fooled_by, report.robust.tolist(), report.clean_correct.tolist()))
+    assert all(
+        (f is None) == bool(r) or not c
+        for f, r, c in zip(report.fooled_by, report.robust.tolist(), report.clean_correct.tolist())
+    )
     d = report.to_dict()
     json.dumps(d)
     assert "| **worst case** |" in report.table()
@@ -90,12 +92,22 @@ def test_bad_evaluation_input(digits):
 
 def test_sanity_checks_pass_on_an_honest_model(digits):
     model, x, y = digits
-    checks = {c.name: c for c in sanity_checks(model, x[:100], y[:100], eps=0.1,
-                                               white_box_accuracy=0.3)}
-    assert set(checks) == {"accuracy_falls_with_eps", "more_steps_never_help",
-                           "unbounded_attack_succeeds", "black_box_not_better", "zero_gradients"}
-    for name in ("accuracy_falls_with_eps", "more_steps_never_help",
-                 "unbounded_attack_succeeds", "zero_gradients"):
+    checks = {
+        c.name: c for c in sanity_checks(model, x[:100], y[:100], eps=0.1, white_box_accuracy=0.3)
+    }
+    assert set(checks) == {
+        "accuracy_falls_with_eps",
+        "more_steps_never_help",
+        "unbounded_attack_succeeds",
+        "black_box_not_better",
+        "zero_gradients",
+    }
+    for name in (
+        "accuracy_falls_with_eps",
+        "more_steps_never_help",
+        "unbounded_attack_succeeds",
+        "zero_gradients",
+    ):
         assert checks[name].passed, checks[name].detail
 
 
@@ -112,8 +124,9 @@ def test_sanity_checks_flag_gradient_masking(digits):
     model, x, y = digits
     masked = _Shattered(model)
     assert zero_gradient_share(masked, x[:50], y[:50]) == 1.0
-    checks = {c.name: c for c in sanity_checks(masked, x[:50], y[:50], eps=0.1,
-                                               white_box_accuracy=0.9)}
+    checks = {
+        c.name: c for c in sanity_checks(masked, x[:50], y[:50], eps=0.1, white_box_accuracy=0.9)
+    }
     assert checks["zero_gradients"].passed is False
     assert checks["unbounded_attack_succeeds"].passed is False
 
@@ -162,9 +175,28 @@ def test_attack_cli_end_to_end(checkpoint, tmp_path, capsys):
     except UserError as exc:  # pragma: no cover - depends on the data module
         pytest.skip(f"digits dataset unavailable: {exc}")
     out = tmp_path / "run"
-    args = _parse(["attack", "--checkpoint", str(checkpoint), "--dataset", "digits",
-                   "--split", "test", "--n", "40", "--attacks", "fgsm,pgd", "--eps", "0.1",
-                   "--steps", "5", "--out", str(out), "--json"])
+    args = _parse(
+        [
+            "attack",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "digits",
+            "--split",
+            "test",
+            "--n",
+            "40",
+            "--attacks",
+            "fgsm,pgd",
+            "--eps",
+            "0.1",
+            "--steps",
+            "5",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert args.func(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in result["attacks"]] == ["fgsm", "pgd"]
@@ -187,8 +219,19 @@ def test_attack_cli_end_to_end(checkpoint, tmp_path, capsys):
     ],
 )
 def test_attack_cli_bad_input(checkpoint, tmp_path, argv, match):
-    base = ["attack", "--checkpoint", str(checkpoint), "--dataset", "digits", "--eps", "0.1",
-            "--n", "8", "--out", str(tmp_path / "o")]
+    base = [
+        "attack",
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        "digits",
+        "--eps",
+        "0.1",
+        "--n",
+        "8",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     args = _parse(base + argv)
     if match is None:
         assert args.func(args) == 0

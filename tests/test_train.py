@@ -63,13 +63,17 @@ def test_short_run_lowers_loss(tmp_path, capsys):
         assert (tmp_path / "r" / name).is_file(), name
 
 
-@pytest.mark.parametrize("moment", [(0, 2), (1, 4)])
-def test_sigkill_and_resume_is_bit_identical(tmp_path, moment):
-    """Kill the process for real once a state at ``moment`` (epoch, batch) or later exists."""
+@pytest.mark.parametrize("moment,objective", [
+    ((0, 2), ["--objective", "standard"]),
+    ((1, 4), ["--objective", "pgd_at", "--eps", "0.1", "--step-size", "0.05", "--steps", "2"]),
+])
+def test_sigkill_and_resume_is_bit_identical(tmp_path, moment, objective):
+    """Kill the process for real once a state at ``moment`` (epoch, batch) or later exists;
+    the PGD-AT case also covers the inner attack's randomness."""
     npz = write_tiny_npz(tmp_path / "t.npz", n_train=320)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    subprocess.run(_cli(*_train_args(npz, ref)), env=ENV, check=True, capture_output=True)
-    proc = subprocess.Popen(_cli(*_train_args(npz, cut)), env=ENV, stdout=subprocess.DEVNULL,
+    subprocess.run(_cli(*_train_args(npz, ref, *objective)), env=ENV, check=True, capture_output=True)
+    proc = subprocess.Popen(_cli(*_train_args(npz, cut, *objective)), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     killed_at = None
@@ -85,7 +89,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, moment):
         pytest.fail("the run finished before it could be killed; make it longer")
     assert proc.returncode == -signal.SIGKILL
     assert not (cut / "model.safetensors").exists()
-    res = subprocess.run(_cli(*_train_args(npz, cut, "--resume")), env=ENV, capture_output=True,
+    res = subprocess.run(_cli(*_train_args(npz, cut, *objective, "--resume")), env=ENV, capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stderr
     _assert_same_weights(ref / "model.safetensors", cut / "model.safetensors")

@@ -7,6 +7,9 @@ Energies come from :mod:`robust_ebm.energy` (lower energy = more likely).
 Targeted forms take ``(logits, y, target)`` and are also ascended (they rise as the prediction
 moves to ``target``). A loss without its own targeted form is used as ``-loss(logits, target)``.
 
+The second half of the module holds training losses (batch scalars to minimise): TRADES, WEAT
+and MART, usable in any training loop.
+
 Names for :func:`make_loss`: ``ce``, ``cw`` (margin), ``dlr``, ``trades_kl``, ``energy``
 (E(x)), ``joint_energy`` (E(x,y)), ``he`` (CE + gamma * E(x)).
 """
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -32,12 +36,16 @@ __all__ = [
     "cw_margin_targeted",
     "dlr",
     "dlr_targeted",
-    "trades_kl",
     "free_energy_loss",
-    "joint_energy_loss",
     "he_loss",
-    "make_loss",
+    "joint_energy_loss",
     "list_losses",
+    "make_loss",
+    "mart_loss",
+    "trades_kl",
+    "trades_loss",
+    "weat_loss",
+    "weighted_trades_loss",
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -210,3 +218,71 @@ def make_loss(name: str, sign: float = 1.0, **params: Any) -> NamedLoss:
     if sign not in (1.0, -1.0):
         raise UserError(f"sign must be +1 (ascend) or -1 (descend); got {sign}")
     return NamedLoss(name, dict(params), float(sign))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training losses: batch scalars to MINIMISE, pure functions of logits, for the objectives in
+# robust_ebm.objectives and for anyone's own training loop. x* is the adversarial input.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_beta(beta: float) -> None:
+    if not beta >= 0:
+        raise UserError(f"beta must be >= 0; got {beta}")
+
+
+def weighted_trades_loss(
+    logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float, weights: Tensor | None = None,
+    ce_on: str = "nat", normalize: str = "batch",
+) -> Tensor:
+    """sum_i w_i [CE(f(x_i or x*_i), y_i) + beta KL(p(.|x_i) || p(.|x*_i))] / Z.
+
+    The common form of TRADES (w = 1, CE on x) and WEAT (w = WEAT weights). ``normalize``:
+    'batch' (Z = B, as published) or 'weight_sum' (Z = sum w). ``weights`` None means all ones.
+    """
+    _check_beta(beta)
+    if ce_on not in ("nat", "adv"):
+        raise UserError(f"ce_on must be 'nat' or 'adv'; got {ce_on!r}")
+    if normalize not in ("batch", "weight_sum"):
+        raise UserError(f"normalize must be 'batch' or 'weight_sum'; got {normalize!r}")
+    ce_term = F.cross_entropy(logits_nat if ce_on == "nat" else logits_adv, y, reduction="none")
+    per_sample = ce_term + beta * _energy.kl_divergence(logits_nat, logits_adv)
+    if weights is None:
+        return per_sample.mean()
+    total = (weights * per_sample).sum()
+    return total / (weights.sum() if normalize == "weight_sum" else per_sample.shape[0])
+
+
+def trades_loss(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6.0) -> Tensor:
+    """TRADES (Zhang et al. 2019, arXiv 1901.08573): CE(f(x), y) + beta KL(p(.|x) || p(.|x*)),
+    batch mean. By Prop. 1 of arXiv 2407.06315 the KL holds the marginal gap E(x) - E(x*)."""
+    return weighted_trades_loss(logits_nat, logits_adv, y, beta)
+
+
+def weat_loss(
+    logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6.0, variant: str = "adv",
+    normalize: str = "batch",
+) -> Tensor:
+    """WEAT (Mirza et al. 2024, arXiv 2407.06315, Sec. 4): TRADES terms weighted per sample by
+    w = 1/softplus(|E(x)|) of the NATURAL input, detached. ``variant`` 'adv' puts the CE on x*
+    (WEAT_adv), 'nat' on x (WEAT_nat). ``normalize`` 'batch' divides by B as published."""
+    if variant not in ("adv", "nat"):
+        raise UserError(f"WEAT variant must be 'adv' or 'nat'; got {variant!r}")
+    w = _energy.weat_weights(_energy.free_energy(logits_nat)).detach()
+    return weighted_trades_loss(logits_nat, logits_adv, y, beta, w, variant, normalize)
+
+
+def mart_loss(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6.0) -> Tensor:
+    """MART (Wang et al. 2020, ICLR): boosted CE on x* + beta KL(p(.|x)||p(.|x*)) (1 - p(y|x)).
+
+    Boosted CE = CE(f(x*), y) - log(1 - max_{k != y} p(k|x*)).
+    """
+    _check_beta(beta)
+    p_adv = F.softmax(logits_adv, dim=1)
+    top2 = p_adv.topk(2, dim=1).indices
+    other = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
+    boost = -torch.log(1.0001 - p_adv.gather(1, other[:, None]).squeeze(1) + 1e-12)
+    bce = F.cross_entropy(logits_adv, y, reduction="none") + boost
+    p_true = F.softmax(logits_nat, dim=1).gather(1, y[:, None]).squeeze(1)
+    kl = _energy.kl_divergence(logits_nat, logits_adv)
+    return bce.mean() + beta * (kl * (1.0000001 - p_true)).mean()

@@ -213,8 +213,16 @@ class APGD:
             if rows.numel() == 0:
                 break
             xb, lb, xadv, ok = _apgd_run(
-                model, objective, success, prob.gens, geometry,
-                x[rows], eps[rows], rows, self.steps, self.rho,
+                model,
+                objective,
+                success,
+                prob.gens,
+                geometry,
+                x[rows],
+                eps[rows],
+                rows,
+                self.steps,
+                self.rho,
             )
             bcast = (-1, *([1] * (x.dim() - 1)))
             better = ok | (lb > best_loss[rows])

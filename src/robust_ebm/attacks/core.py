@@ -125,7 +125,7 @@ def check_budget(eps: float | Tensor, name: str = "eps") -> None:
     """Early scalar check at construction time (per-sample tensors are checked per call)."""
     if isinstance(eps, Tensor):
         return
-    if not isinstance(eps, (int, float)) or not eps >= 0 or eps != eps or eps == float("inf"):
+    if not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
         raise UserError(f"{name} must be a finite number >= 0; got {eps!r}")
 
 

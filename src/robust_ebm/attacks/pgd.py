@@ -185,8 +185,8 @@ def gradient_ascent(
             x_adv = xs.clone()
         else:
 
-            def sample(kind: str, rows: Tensor = rows) -> Tensor:
-                return core.draw(prob.gens, rows.cpu(), shape, xs, kind)
+            def sample(kind: str, rows: Tensor = rows, like: Tensor = xs) -> Tensor:
+                return core.draw(prob.gens, rows.cpu(), shape, like, kind)
 
             if init == "uniform":
                 x_adv = geometry.project_bounds(xs + geometry.init(sample, es), *bounds)
@@ -318,8 +318,16 @@ class PGD:
             else:
                 init = "uniform" if self.random_start else "none"
             x_adv = gradient_ascent(
-                model, prob, geometry, eps, step, self.steps, init,
-                float(self.init_std or 0.0), self.restarts, self.early_stop,
+                model,
+                prob,
+                geometry,
+                eps,
+                step,
+                self.steps,
+                init,
+                float(self.init_std or 0.0),
+                self.restarts,
+                self.early_stop,
             )
         return finish(x, x_adv, geometry, eps)
 
@@ -328,4 +336,4 @@ def field_names(cls: type) -> set[str]:
     return {f.name for f in fields(cls)}
 
 
-__all__ = ["PGD", "Problem", "prepare", "gradient_ascent", "NamedLoss"]
+__all__ = ["PGD", "NamedLoss", "Problem", "gradient_ascent", "prepare"]

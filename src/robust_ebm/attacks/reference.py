@@ -67,7 +67,7 @@ def _seeded(seed: int | None) -> Any:
             if seed is not None:
                 torch.manual_seed(int(seed))
 
-        def __exit__(self, *exc: Any) -> None:
+        def __exit__(self, *exc: object) -> None:
             ctx.__exit__(*exc)
 
     return _Ctx()
@@ -180,10 +180,13 @@ class AutoAttack:
 
     def build(self, model: nn.Module, device: str) -> Any:
         aa = import_autoattack()
-        kw: dict[str, Any] = dict(
-            eps=self.eps, norm=_norm_name(self.norm), version=self.version, seed=self.seed,
-            device=device,
-        )
+        kw: dict[str, Any] = {
+            "eps": self.eps,
+            "norm": _norm_name(self.norm),
+            "version": self.version,
+            "seed": self.seed,
+            "device": device,
+        }
         if self.attacks is not None:
             kw["attacks"] = list(self.attacks)
         try:

@@ -182,4 +182,4 @@ REFERENCE_ATTACKS = frozenset(
     {"autoattack", "torchattacks"} | {n for n in _REGISTRY if n.startswith("ta_")}
 )
 
-__all__ = ["make_attack", "list_attacks", "register_attack", "REFERENCE_ATTACKS"]
+__all__ = ["REFERENCE_ATTACKS", "list_attacks", "make_attack", "register_attack"]

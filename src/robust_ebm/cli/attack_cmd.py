@@ -36,16 +36,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common_args(p)
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--n", type=positive_int, default=1000, help="use the first N samples")
-    p.add_argument("--attacks", default="apgd_ce,apgd_t",
-                   help="comma-separated names (see docs/attacks.md), e.g. pgd,apgd_ce")
-    p.add_argument("--eps", type=nonnegative_float, required=True,
-                   help="budget in pixel units of [0,1] images, e.g. 0.1 or 0.0314")
+    p.add_argument(
+        "--attacks",
+        default="apgd_ce,apgd_t",
+        help="comma-separated names (see docs/attacks.md), e.g. pgd,apgd_ce",
+    )
+    p.add_argument(
+        "--eps",
+        type=nonnegative_float,
+        required=True,
+        help="budget in pixel units of [0,1] images, e.g. 0.1 or 0.0314",
+    )
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    p.add_argument("--steps", type=positive_int, default=None,
-                   help="iterations for attacks that take steps (default: each attack's own)")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="iterations for attacks that take steps (default: each attack's own)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=500)
-    p.add_argument("--sanity", action="store_true",
-                   help="also run the gradient-masking sanity checks (on up to 200 points)")
+    p.add_argument(
+        "--sanity",
+        action="store_true",
+        help="also run the gradient-masking sanity checks (on up to 200 points)",
+    )
     p.set_defaults(func=run)
 
 
@@ -105,9 +119,14 @@ def run(args: argparse.Namespace) -> int:
     if args.sanity:
         m = min(200, n)
         report.sanity = sanity_checks(
-            model, x[:m], y[:m], eps=args.eps, norm=args.norm,
+            model,
+            x[:m],
+            y[:m],
+            eps=args.eps,
+            norm=args.norm,
             white_box_accuracy=float(report.robust[:m].float().mean()) if m else None,
-            batch_size=args.batch_size, seed=args.seed,
+            batch_size=args.batch_size,
+            seed=args.seed,
         )
 
     tensors = {
@@ -117,14 +136,25 @@ def run(args: argparse.Namespace) -> int:
         "robust": report.robust.to(torch.uint8).cpu().contiguous(),
         "clean_correct": report.clean_correct.to(torch.uint8).cpu().contiguous(),
     }
-    meta = {"attacks": ",".join(names), "eps": str(args.eps), "norm": args.norm,
-            "dataset": str(args.dataset), "split": args.split}
-    atomic_write(out / "adversarial.safetensors",
-                 lambda tmp: save_file(tensors, tmp, metadata=meta))
+    meta = {
+        "attacks": ",".join(names),
+        "eps": str(args.eps),
+        "norm": args.norm,
+        "dataset": str(args.dataset),
+        "split": args.split,
+    }
+    atomic_write(
+        out / "adversarial.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta)
+    )
     result = report.to_dict() | {
-        "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,
-        "eps": args.eps, "norm": args.norm, "attacks_requested": names,
-        "fooled_by": report.fooled_by, "out": str(out),
+        "checkpoint": str(args.checkpoint),
+        "dataset": args.dataset,
+        "split": args.split,
+        "eps": args.eps,
+        "norm": args.norm,
+        "attacks_requested": names,
+        "fooled_by": report.fooled_by,
+        "out": str(out),
     }
     atomic_write_json(out / "robustness.json", result)
     text = f"{args.dataset}/{args.split} n={n} eps={args.eps:g} ({args.norm})\n" + report.table()

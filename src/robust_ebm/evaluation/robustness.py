@@ -66,8 +66,10 @@ class RobustnessReport:
         lines = [
             "| attack | attacked | fooled | robust accuracy | seconds |",
             "|---|---:|---:|---:|---:|",
-            f"| clean | {self.n} | {self.n - int(self.clean_correct.sum())} | "
-            f"{self.clean_accuracy:.2%} | |",
+            (
+                f"| clean | {self.n} | {self.n - int(self.clean_correct.sum())} | "
+                f"{self.clean_accuracy:.2%} | |"
+            ),
         ]
         for r in self.rows:
             lines.append(
@@ -204,7 +206,10 @@ def evaluate_robustness(
             raise UserError("sanity checks need eps=...")
         m = min(sanity_points, n)
         report.sanity = sanity_checks(
-            model, x[:m], y[:m], eps=float(hyperparameters["eps"]),
+            model,
+            x[:m],
+            y[:m],
+            eps=float(hyperparameters["eps"]),
             norm=str(hyperparameters.get("norm", "linf")),
             white_box_accuracy=float(robust[:m].float().mean()) if m else None,
             batch_size=batch_size,
@@ -212,4 +217,4 @@ def evaluate_robustness(
     return report
 
 
-__all__ = ["AttackRow", "RobustnessReport", "evaluate_robustness", "as_tensors", "predict"]
+__all__ = ["AttackRow", "RobustnessReport", "as_tensors", "evaluate_robustness", "predict"]

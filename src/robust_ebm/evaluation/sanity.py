@@ -6,6 +6,7 @@ input gradients are exactly zero.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +80,7 @@ def sanity_checks(
         _robust_acc(model, make_attack(pgd, eps=e, steps=2 * steps, seed=seed), x, y, batch_size)
         for e in grid
     ]
-    monotone = all(b <= a + tol for a, b in zip(accs, accs[1:]))
+    monotone = all(b <= a + tol for a, b in itertools.pairwise(accs))
     out.append(
         SanityCheck(
             "accuracy_falls_with_eps",
@@ -106,7 +107,9 @@ def sanity_checks(
     a_unb = _robust_acc(
         model,
         make_attack(pgd, eps=big, steps=50, step_size=big / 10, seed=seed),
-        x, y, batch_size,
+        x,
+        y,
+        batch_size,
     )
     out.append(
         SanityCheck(

@@ -1,0 +1,146 @@
+"""Adversarial training objectives: SAT (PGD-AT), TRADES, MART and WEAT.
+
+Each is a frozen dataclass called as ``objective(model, x, y) -> (loss, logs)``. The inner
+attack runs on the unwrapped model (never a DDP wrapper) in eval mode with frozen parameters
+(the attack engine restores both); the outer loss runs the model in its training mode, as in
+the published code. The inner attack's seed is drawn from the global RNG, which the training
+loop seeds per step, so runs are reproducible and resumable. Budgets are in pixel units of
+[0,1] images; defaults are the CIFAR-10 values of the papers (eps 8/255, step 2/255, 10 steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attacks import make_attack
+from ..energy import free_energy, weat_weights
+from ..errors import UserError
+from ..losses import mart_loss, trades_loss, weat_loss
+from ..train.dist import unwrap
+from .registry import register_objective
+
+Logs = dict[str, Tensor]
+
+
+def _seed() -> int:
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+@dataclass(frozen=True)
+class _Adversarial:
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.eps >= 0 or not self.step_size >= 0:
+            raise UserError(f"eps and step_size must be >= 0; got {self.eps}, {self.step_size}")
+        if self.steps < 1:
+            raise UserError(f"steps must be >= 1; got {self.steps}")
+        beta = getattr(self, "beta", 0.0)
+        if not beta >= 0:
+            raise UserError(f"beta must be >= 0; got {beta}")
+
+    def _attack(self, name: str, model: nn.Module, x: Tensor, y: Tensor, **kw: Any) -> Tensor:
+        attack = make_attack(name, eps=self.eps, step_size=self.step_size, steps=self.steps,
+                             seed=_seed(), **kw)
+        return attack(unwrap(model), x, y).detach()
+
+
+def _acc(logits: Tensor, y: Tensor) -> Tensor:
+    return (logits.argmax(1) == y).float().mean().detach()
+
+
+@register_objective("pgd_at")
+@dataclass(frozen=True)
+class PGDAT(_Adversarial):
+    """SAT / PGD-AT (Madry et al. 2018, arXiv 1706.06083): CE(f(x*), y), x* by PGD-CE with a
+    uniform random start."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
+        x_adv = self._attack("pgd", model, x, y)
+        logits_adv = model(x_adv)
+        loss = F.cross_entropy(logits_adv, y)
+        return loss, {"loss": loss.detach(), "acc_adv": _acc(logits_adv, y),
+                      "E_adv": free_energy(logits_adv).mean().detach()}
+
+
+def _pair(obj: _Adversarial, model: nn.Module, x: Tensor, y: Tensor, inner: str) -> tuple[Tensor, Tensor]:
+    """(natural logits, adversarial logits) of the model in its current (training) mode."""
+    x_adv = obj._attack(inner, model, x, y)
+    return model(x), model(x_adv)
+
+
+def _pair_logs(loss: Tensor, ln: Tensor, la: Tensor, y: Tensor) -> Logs:
+    e_nat, e_adv = free_energy(ln).detach(), free_energy(la).detach()
+    return {"loss": loss.detach(), "acc": _acc(ln, y), "acc_adv": _acc(la, y),
+            "E_x": e_nat.mean(), "E_adv": e_adv.mean(), "dE_x": (e_nat - e_adv).mean()}
+
+
+@register_objective("trades")
+@dataclass(frozen=True)
+class TRADES(_Adversarial):
+    """TRADES (Zhang et al. 2019, arXiv 1901.08573): CE(f(x), y) + beta KL(p(.|x) || p(.|x*)),
+    x* by TRADES-KL PGD (start x + 0.001 N(0,1); natural logits computed once per batch)."""
+
+    beta: float = 6.0
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
+        ln, la = _pair(self, model, x, y, "trades_kl")
+        loss = trades_loss(ln, la, y, self.beta)
+        return loss, _pair_logs(loss, ln, la, y)
+
+
+@register_objective("mart")
+@dataclass(frozen=True)
+class MART(_Adversarial):
+    """MART (Wang et al. 2020): boosted CE on x* + beta * KL weighted by (1 - p(y|x)); x* by
+    PGD-CE started at x + 0.001 N(0,1)."""
+
+    beta: float = 6.0
+
+    def _attack(self, name: str, model: nn.Module, x: Tensor, y: Tensor, **kw: Any) -> Tensor:
+        return super()._attack("pgd", model, x, y, random_start=False, init_std=0.001)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
+        ln, la = _pair(self, model, x, y, "pgd")
+        loss = mart_loss(ln, la, y, self.beta)
+        return loss, _pair_logs(loss, ln, la, y)
+
+
+@dataclass(frozen=True)
+class _WEAT(_Adversarial):
+    beta: float = 6.0
+    normalize: str = "batch"  # 'batch' (published: divide by B) or 'weight_sum'
+    variant = "adv"
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
+        ln, la = _pair(self, model, x, y, "trades_kl")
+        loss = weat_loss(ln, la, y, self.beta, self.variant, self.normalize)
+        logs = _pair_logs(loss, ln, la, y)
+        logs["weight"] = weat_weights(free_energy(ln)).mean().detach()
+        return loss, logs
+
+
+@register_objective("weat_adv")
+@dataclass(frozen=True)
+class WEATAdv(_WEAT):
+    """WEAT_adv (Mirza et al. 2024, arXiv 2407.06315): (1/B) sum_i w_i [CE(f(x*_i), y_i) +
+    beta KL(p(.|x_i) || p(.|x*_i))], w = 1/softplus(|E(x)|) on natural x, detached. beta 7 as
+    published for this variant."""
+
+    beta: float = 7.0
+    variant = "adv"
+
+
+@register_objective("weat_nat")
+@dataclass(frozen=True)
+class WEATNat(_WEAT):
+    """WEAT_nat: as WEAT_adv with the CE on the natural input."""
+
+    variant = "nat"
