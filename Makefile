@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -e ".[dev]"
 	@# Reference attack libraries list torchvision as a dependency, which must never be
 	@# resolved here: install them without dependencies; their real needs are in [dev].
-	$(PY) -m pip install --no-deps "torchattacks==3.5.1" "pyautoattack"
+	$(PY) -m pip install --no-deps "torchattacks==3.5.1" "pyautoattack==0.2.0"
 	touch $(STAMP)
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (offline, no download).

@@ -244,7 +244,8 @@ def train(
         state.epoch, state.batch, state.sums = epoch + 1, 0, {}
         if info.is_main:
             _report_epoch(record, state, log)
-            warn = overfitting_warning(state.history)
+            # robust overfitting is a notion of adversarial training: objectives with a budget
+            warn = overfitting_warning(state.history) if hasattr(objective, "eps") else None
             if warn:
                 record["warning"] = warn
                 log("warning: " + warn)
