@@ -89,11 +89,19 @@ def test_inception_score_bounds() -> None:
     k = 10
     assert inception_score_from_logits(torch.zeros(100, k))[0] == pytest.approx(1.0)
     confident = torch.eye(k).repeat(20, 1) * 50  # confident and balanced
-    mean, std = inception_score_from_logits(confident, splits=4)
+    mean, std = inception_score_from_logits(confident, splits=4, seed=None)  # chunks balanced
     assert mean == pytest.approx(k, rel=1e-6) and std < 1e-6
     collapsed = torch.zeros(100, k)
     collapsed[:, 3] = 50
     assert inception_score_from_logits(collapsed)[0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_inception_score_of_class_sorted_samples_is_not_one() -> None:
+    # generate() returns samples grouped by class; chunks must mix classes (regression test)
+    k = 10
+    grouped = torch.eye(k).repeat_interleave(50, dim=0) * 50  # 50 confident samples per class
+    assert inception_score_from_logits(grouped, splits=10)[0] > 9.0
+    assert inception_score_from_logits(grouped, splits=10, seed=None)[0] == pytest.approx(1.0)
 
 
 def test_precision_recall_extremes() -> None:

@@ -197,11 +197,20 @@ def kid_from_features(
     return float(t.mean()), float(t.std(unbiased=True)) if len(vals) > 1 else 0.0
 
 
-def inception_score_from_logits(logits: Tensor, splits: int = 10) -> tuple[float, float]:
-    """IS = exp(mean_x KL(p(y|x) || p(y))) on each of ``splits`` consecutive chunks; (mean, std).
-    Ranges from 1 (all samples alike or all uncertain) to K (confident and balanced)."""
+def inception_score_from_logits(
+    logits: Tensor, splits: int = 10, seed: int | None = 0
+) -> tuple[float, float]:
+    """IS = exp(mean_x KL(p(y|x) || p(y))) on each of ``splits`` chunks; (mean, std).
+    Ranges from 1 (all samples alike or all uncertain) to K (confident and balanced).
+
+    The rows are shuffled (seeded; ``seed=None`` keeps the order) before the split, as
+    torchmetrics does: class-conditional samples come grouped by class, and consecutive chunks
+    of one class each would score 1 whatever their quality.
+    """
     logp = F.log_softmax(logits.double(), dim=1)
     n = len(logp)
+    if seed is not None:
+        logp = logp[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
     splits = max(1, min(splits, n))
     scores = []
     for chunk in torch.tensor_split(logp, splits):
@@ -291,7 +300,7 @@ def generation_metrics(
         )
     if "is" in wanted:
         assert logits is not None
-        out["is_mean"], out["is_std"] = inception_score_from_logits(logits, is_splits)
+        out["is_mean"], out["is_std"] = inception_score_from_logits(logits, is_splits, seed)
     if "precision_recall" in wanted:
         out["precision"], out["recall"] = precision_recall_from_features(f_real, f_fake, pr_k)
     return out

@@ -1,4 +1,5 @@
-"""A minimal progress bar that stays quiet when the stream is not a terminal."""
+"""A minimal progress bar on stderr that stays quiet when stdout or stderr is not a terminal
+(piped or redirected output, CI logs, ``--json`` consumers)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ class Progress:
     def __init__(self, total: int, desc: str = "", stream: TextIO | None = None) -> None:
         self.total, self.desc, self.n = max(int(total), 0), desc, 0
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.enabled = all(
+            bool(getattr(s, "isatty", lambda: False)()) for s in (sys.stdout, self.stream)
+        )
         self.start = time.perf_counter()
         self._last = 0.0
 

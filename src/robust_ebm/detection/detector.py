@@ -27,7 +27,7 @@ from ..errors import CorruptDataError, UserError
 from ..io import atomic_write_json
 from .metrics import auroc, tpr_at_fpr, youden_threshold
 
-__all__ = ["EnergyDetector", "TEMPERATURES", "DIRECTIONS", "model_logits"]
+__all__ = ["DIRECTIONS", "TEMPERATURES", "EnergyDetector", "model_logits"]
 
 TEMPERATURES: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 DIRECTIONS = ("below", "above", "auto")
@@ -137,7 +137,7 @@ class EnergyDetector:
         self.temperature = best["temperature"]
         s_c = self.score(logits_clean).numpy()
         s_a = self.score(logits_adv).numpy()
-        thr, tpr, fpr = youden_threshold(s_c, s_a)
+        thr, _, _ = youden_threshold(s_c, s_a)
         self.threshold = float(-thr if direction == "below" else thr)
         # report the decisions of the stored threshold exactly as predict() makes them
         flags_c, flags_a = self.predict(logits_clean), self.predict(logits_adv)

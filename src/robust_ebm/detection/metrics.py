@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import UserError
 
-__all__ = ["auroc", "roc_curve", "youden_threshold", "tpr_at_fpr", "rates_at"]
+__all__ = ["auroc", "rates_at", "roc_curve", "tpr_at_fpr", "youden_threshold"]
 
 
 def _split(scores_neg: ArrayLike, scores_pos: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

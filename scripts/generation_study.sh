@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The generation study of docs/results/generation.md: SGLD samples of the Fashion-MNIST models
+# (standard, SAT = pgd_at, TRADES, WEAT_adv) x init (uniform, gaussian, pca) x momentum (0.8, 0),
+# then FID/KID/IS/precision-recall on the feature network of configs/features/fashion_mnist.toml.
+#
+# Usage: scripts/generation_study.sh [MODELS_ROOT] [OUT_ROOT]
+#   env: N_PER_CLASS (50), STEPS (50), ETA (step size, 0.1), NOISE (0.001), REAL_N (10000),
+#        MODELS ("standard pgd_at trades weat_adv"), SEED (0)
+# Resumable: a configuration whose result.json exists is skipped. Waits for missing models.
+set -euo pipefail
+models_root=${1:-runs/fmnist}
+out_root=${2:-runs/generation}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+N_PER_CLASS=${N_PER_CLASS:-50}
+STEPS=${STEPS:-50}
+ETA=${ETA:-0.1}
+NOISE=${NOISE:-0.001}
+REAL_N=${REAL_N:-10000}
+SEED=${SEED:-0}
+MODELS=${MODELS:-"standard pgd_at trades weat_adv"}
+features=runs/features/fashion_mnist/model.safetensors
+
+# 1. the feature network (once): an independently trained standard classifier
+if [ ! -f "$features" ]; then
+  .venv/bin/robust-ebm train --config configs/features/fashion_mnist.toml \
+      --out runs/features/fashion_mnist > runs/features/fashion_mnist.log 2>&1
+fi
+
+# `robust-ebm generate`, registering the subcommand in-process if cli/main.py does not yet
+generate() {
+  if .venv/bin/robust-ebm generate --help > /dev/null 2>&1; then
+    .venv/bin/robust-ebm generate "$@"
+  else
+    .venv/bin/python - "$@" <<'PY'
+import argparse, importlib, sys
+m = importlib.import_module("robust_ebm.cli.main")
+from robust_ebm.cli import generate_cmd
+orig = m.build_parser
+def build():
+    p = orig()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    generate_cmd.add_parser(sub)
+    return p
+m.build_parser = build
+sys.exit(m.main(["generate", *sys.argv[1:]]))
+PY
+  fi
+}
+
+# 2. samples and metrics of every configuration
+for model in $MODELS; do
+  ckpt=$models_root/$model-s0/model.safetensors
+  until [ -f "$ckpt" ]; do echo "waiting for $ckpt" >&2; sleep 60; done
+  for init in uniform gaussian pca; do
+    for mom in 0.8 0; do
+      out=$out_root/$model/$init-m$mom
+      [ -f "$out/result.json" ] && continue
+      mkdir -p "$out"
+      start=$(date +%s)
+      generate --checkpoint "$ckpt" --dataset fashion_mnist --init "$init" \
+          --steps "$STEPS" --step-size "$ETA" --momentum "$mom" --noise-std "$NOISE" \
+          --energy joint --n-per-class "$N_PER_CLASS" --seed "$SEED" \
+          --features "$features" --real-n "$REAL_N" --out "$out" --json > "$out/result.tmp"
+      echo "$(( $(date +%s) - start ))" > "$out/seconds.txt"
+      mv "$out/result.tmp" "$out/result.json"
+      echo "done $model $init momentum $mom ($(cat "$out/seconds.txt") s)" >&2
+    done
+  done
+done
+
+# 3. the tables of docs/results/generation.md (OUT_ROOT/tables.md) and the grids it shows
+.venv/bin/python - "$models_root" "$out_root" "$features" "$REAL_N" "$SEED" <<'PY'
+"""Tables: metrics per configuration; the feature network's accuracy on the samples; a
+real-data reference row (real test images, same count and classes: the floor of each metric at
+this sample size); SGLD steps until the chains' mean E(x,y) reaches (a) the mean E(x,y) of the
+real training images and (b) the final mean E(x,y) of the momentum-0 chains of the same model
+and init (so the momentum-0 row reads STEPS by construction)."""
+import json, shutil, sys
+from pathlib import Path
+import numpy as np, torch
+from robust_ebm.checkpoint import load_model
+from robust_ebm.cli.generate_cmd import describe_features, file_sha256
+from robust_ebm.data import load_dataset
+from robust_ebm.energy import joint_energy
+from robust_ebm.generation_metrics import ClassifierFeatures, generation_metrics
+
+models_root, out_root, features = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+real_n, seed = int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(1)
+train = load_dataset("fashion_mnist", "train")
+test = load_dataset("fashion_mnist", "test")
+g = torch.Generator().manual_seed(seed)
+real = train.subset(torch.randperm(len(train), generator=g)[:real_n])
+feat_model = load_model(features)
+feat_net = ClassifierFeatures(feat_model)
+feat_name = describe_features(features, file_sha256(features))
+img_dir = Path("docs/results/img/generation")
+img_dir.mkdir(parents=True, exist_ok=True)
+
+
+def first_step(traj, target):
+    hit = np.nonzero(traj <= target + 1e-9)[0]
+    return str(int(hit[0])) if len(hit) else f">{len(traj) - 1}"
+
+
+def row(cells):
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+head = ["model", "init", "momentum", "FID", "KID x1e3", "IS", "precision", "recall",
+        "feature-net acc", "E(x,y) x0 -> end", "steps to real E(x,y)", "steps to end E (zeta=0)",
+        "s"]
+lines = [f"Features: {feat_name}. Real set: {len(real)} training images (seed {seed}).", "",
+         row(head), "|" + "---|" * len(head)]
+ref_done = False
+for mdir in sorted(p for p in out_root.iterdir() if p.is_dir()):
+    model = load_model(models_root / f"{mdir.name}-s0" / "model.safetensors")
+    with torch.no_grad():
+        e_real = torch.cat([joint_energy(model(b.float() / 255), y) for b, y in
+                            zip(real.images.split(1000), real.labels.split(1000))]).mean().item()
+    for init in ("uniform", "gaussian", "pca"):
+        m0 = mdir / f"{init}-m0" / "samples.npz"
+        e_m0 = np.load(m0)["energy_trajectory"].mean(1)[-1] if m0.is_file() else None
+        for mom in ("0.8", "0"):
+            d = mdir / f"{init}-m{mom}"
+            if not (d / "result.json").is_file():
+                continue
+            m = json.loads((d / "result.json").read_text())["metrics"]
+            z = np.load(d / "samples.npz")
+            x, y = torch.from_numpy(z["x"]), torch.from_numpy(z["y"]).long()
+            if not ref_done:
+                idx = torch.cat([(test.labels == c).nonzero().squeeze(1)[: int((y == c).sum())]
+                                 for c in torch.unique(y)])
+                ref = generation_metrics(real.images, test.images[idx], feat_net, feat_name,
+                                         seed=seed)
+                with torch.no_grad():
+                    acc = (feat_model(test.images[idx].float() / 255).argmax(1)
+                           == test.labels[idx]).float().mean().item()
+                lines.append(row([f"real test images (n={len(idx)})", "-", "-",
+                                  f"{ref['fid']:.2f}", f"{1e3 * ref['kid_mean']:.2f}",
+                                  f"{ref['is_mean']:.2f}", f"{ref['precision']:.3f}",
+                                  f"{ref['recall']:.3f}", f"{acc:.3f}", "-", "-", "-", "-"]))
+                ref_done = True
+            with torch.no_grad():
+                acc = (feat_model(x.float() / 255).argmax(1) == y).float().mean().item()
+            traj = z["energy_trajectory"].mean(1)
+            secs = (d / "seconds.txt").read_text().strip() if (d / "seconds.txt").exists() else "?"
+            lines.append(row([
+                mdir.name, init, mom, f"{m['fid']:.2f}", f"{1e3 * m['kid_mean']:.2f}",
+                f"{m['is_mean']:.2f}", f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{acc:.3f}",
+                f"{traj[0]:.2f} -> {traj[-1]:.2f}", f"{first_step(traj, e_real)} ({e_real:.2f})",
+                "-" if e_m0 is None else f"{first_step(traj, e_m0)} ({e_m0:.2f})", secs]))
+            if mom == "0.8":  # the grids shown in the docs; energy plots of PCA, both momenta
+                shutil.copyfile(d / "grid.png", img_dir / f"{mdir.name}-{init}-m{mom}-grid.png")
+            if init == "pca":
+                shutil.copyfile(d / "energy.png", img_dir / f"{mdir.name}-{init}-m{mom}-energy.png")
+(out_root / "tables.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
