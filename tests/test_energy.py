@@ -7,8 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from robust_ebm.energy import (
-    cross_entropy_from_energies, energy_gap, free_energy, joint_energy, joint_energy_gap,
-    kl_divergence, trades_kl_decomposition, weat_weights,
+    cross_entropy_from_energies,
+    energy_gap,
+    free_energy,
+    joint_energy,
+    joint_energy_gap,
+    kl_divergence,
+    trades_kl_decomposition,
+    weat_weights,
 )
 
 

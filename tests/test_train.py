@@ -11,12 +11,11 @@ import time
 
 import pytest
 import torch
+from conftest import write_tiny_npz
 from safetensors.torch import load_file
 
 from robust_ebm.cli import main
 from robust_ebm.train.state import STATE_FILE
-
-from conftest import write_tiny_npz
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
@@ -93,8 +92,8 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, moment, objective):
                          text=True)
     assert res.returncode == 0, res.stderr
     _assert_same_weights(ref / "model.safetensors", cut / "model.safetensors")
-    ref_hist = [json.loads(l) for l in (ref / "metrics.jsonl").read_text().splitlines()]
-    cut_hist = [json.loads(l) for l in (cut / "metrics.jsonl").read_text().splitlines()]
+    ref_hist = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    cut_hist = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert [h["train_loss"] for h in ref_hist] == [h["train_loss"] for h in cut_hist]
 
 
@@ -171,6 +170,6 @@ def test_torchrun_two_processes_match_one(tmp_path):
     wa, wb = _weights(one / "model.safetensors"), _weights(two / "model.safetensors")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
-    h1 = [json.loads(l) for l in (one / "metrics.jsonl").read_text().splitlines()]
-    h2 = [json.loads(l) for l in (two / "metrics.jsonl").read_text().splitlines()]
+    h1 = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
+    h2 = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert h1[-1]["train_loss"]["loss"] == pytest.approx(h2[-1]["train_loss"]["loss"], rel=1e-4)

@@ -6,7 +6,7 @@ import os
 import platform
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def run_info(config: dict[str, Any], seed: int | None, device: str | torch.devic
         "git_revision": git_revision(),
         "argv": sys.argv,
         "cwd": os.getcwd(),
-        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -18,6 +18,7 @@ from .common import (
     add_common_args,
     config_of,
     emit,
+    load_model_and_split,
     nonnegative_float,
     output_dir,
     positive_int,
@@ -86,8 +87,6 @@ def _build_attacks(names: list[str], hp: dict[str, Any]) -> list[tuple[str, Any]
 def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from ..checkpoint import load_model
-    from ..data import load_dataset
     from ..evaluation import evaluate_robustness, sanity_checks
     from ..provenance import write_run_json
 
@@ -96,22 +95,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--attacks is empty; give e.g. --attacks pgd,apgd_ce")
     attacks = _build_attacks(names, _hyperparameters(args))  # bad names fail before loading
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, map_location=device)
-    ds = load_dataset(args.dataset, args.split, args.data_dir)
-    if tuple(ds.images.shape[1:2]) != (model.arch["in_channels"],):
-        raise UserError(
-            f"checkpoint expects {model.arch['in_channels']}-channel images but {args.dataset} "
-            f"has {ds.images.shape[1]}; attack it on the dataset it was trained on"
-        )
-    if ds.num_classes > model.arch["num_classes"]:
-        raise UserError(
-            f"{args.dataset} has {ds.num_classes} classes but the model predicts "
-            f"{model.arch['num_classes']}; labels would be out of range"
-        )
-    n = min(args.n, len(ds.labels))
+    model, ds = load_model_and_split(args.checkpoint, args.dataset, args.split, args.data_dir,
+                                     args.n, device)
+    n = len(ds)
     index = torch.arange(n)
-    x = ds.images[:n].to(device).float() / 255.0
-    y = ds.labels[:n].to(device)
+    x = ds.images.to(device).float() / 255.0
+    y = ds.labels.to(device)
     out = output_dir(args, "attack")
     write_run_json(out, config_of(args), args.seed, device)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def output_dir(args: argparse.Namespace, command: str) -> Path:
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out} exists and is not a folder; pick another path")
     else:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{command}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -94,3 +94,31 @@ def format_report(title: str, report: dict[str, Any]) -> str:
             f"q05 {s['q05']:8.3f}  q50 {s['q50']:8.3f}  q95 {s['q95']:8.3f}"
         )
     return "\n".join(lines)
+
+
+def load_model_and_split(
+    checkpoint: str, dataset: str, split: str, data_dir: str | None, n: int | None,
+    device: torch.device,
+) -> tuple[Any, Any]:
+    """Load a checkpoint and the first ``n`` samples of a split that fits it.
+
+    Raises UserError when the channels or the label range do not match the model.
+    """
+    from ..checkpoint import load_model
+    from ..data import load_dataset
+
+    model = load_model(checkpoint, map_location=device)
+    ds = load_dataset(dataset, split, data_dir)
+    if ds.shape[0] != model.arch["in_channels"]:
+        raise UserError(
+            f"checkpoint expects {model.arch['in_channels']}-channel images but {dataset} has "
+            f"{ds.shape[0]}; use the dataset the model was trained on"
+        )
+    if ds.num_classes > model.arch["num_classes"]:
+        raise UserError(
+            f"{dataset} has {ds.num_classes} classes but the model predicts "
+            f"{model.arch['num_classes']}; labels would be out of range"
+        )
+    if n is not None and n < len(ds):
+        ds = ds.subset(torch.arange(n))
+    return model, ds

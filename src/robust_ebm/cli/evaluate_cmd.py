@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..checkpoint import load_model
-from ..data import load_dataset
-from ..errors import UserError
 from ..io import atomic_write_json
 from ..provenance import write_run_json
 from ..statistics import clean_report
-from .common import add_common_args, config_of, emit, format_report, output_dir, resolve_device, positive_int
+from .common import (
+    add_common_args,
+    config_of,
+    emit,
+    format_report,
+    load_model_and_split,
+    output_dir,
+    positive_int,
+    resolve_device,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,20 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, map_location=device)
-    ds = load_dataset(args.dataset, args.split, args.data_dir)
-    if tuple(ds.shape[:1]) != (model.arch["in_channels"],):
-        raise UserError(
-            f"checkpoint expects {model.arch['in_channels']}-channel images but {args.dataset} "
-            f"has {ds.shape[0]}; evaluate on the dataset it was trained on"
-        )
-    if ds.num_classes > model.arch["num_classes"]:
-        raise UserError(
-            f"{args.dataset} has {ds.num_classes} classes but the model predicts "
-            f"{model.arch['num_classes']}; labels would be out of range"
-        )
-    if args.n is not None:
-        ds = ds.subset(torch.arange(min(args.n, len(ds))))
+    model, ds = load_model_and_split(args.checkpoint, args.dataset, args.split, args.data_dir,
+                                     args.n, device)
     out = output_dir(args, "evaluate")
     write_run_json(out, config_of(args), args.seed, device)
     report = clean_report(model, ds.images, ds.labels, args.batch_size)

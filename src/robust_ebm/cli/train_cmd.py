@@ -22,7 +22,14 @@ from ..objectives import list_objectives, make_objective
 from ..provenance import write_run_json
 from ..train import SCHEDULES, train
 from ..train.config import apply_set, default_config, load_toml, merge, train_config
-from .common import add_common_args, emit, nonnegative_float, output_dir, positive_int, resolve_device
+from .common import (
+    add_common_args,
+    emit,
+    nonnegative_float,
+    output_dir,
+    positive_int,
+    resolve_device,
+)
 
 # flag -> (section, key)
 _FLAGS = {

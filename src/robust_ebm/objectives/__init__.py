@@ -4,8 +4,8 @@ An objective is a small frozen dataclass called as ``objective(model, x, y)`` th
 ``(loss, logs)``: a scalar loss to minimise and a dict of detached per-batch scalars.
 """
 
+from .adversarial import MART, PGDAT, TRADES, WEATAdv, WEATNat
 from .registry import list_objectives, make_objective, register_objective
 from .standard import Standard
-from .adversarial import MART, PGDAT, TRADES, WEATAdv, WEATNat
 
 __all__ = ["make_objective", "list_objectives", "register_objective", "Standard", "PGDAT", "TRADES", "MART", "WEATAdv", "WEATNat"]
