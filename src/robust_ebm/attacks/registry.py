@@ -12,35 +12,27 @@ from typing import Any
 
 from ..errors import UserError
 from ..losses import make_loss
+from ..registry import Registry
 from .apgd import APGD
 from .pgd import PGD, field_names
 from .reference import AutoAttack, TorchAttacks
 
 Attack = Callable[..., Any]
-_REGISTRY: dict[str, Callable[..., Attack]] = {}
+ATTACKS: Registry[Callable[..., Attack]] = Registry("attack")
 
 
 def register_attack(name: str) -> Callable[[Callable[..., Attack]], Callable[..., Attack]]:
     """Register a factory ``fn(**hyperparameters) -> attack`` under ``name``."""
-
-    def deco(fn: Callable[..., Attack]) -> Callable[..., Attack]:
-        if name in _REGISTRY:
-            raise ValueError(f"attack {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return ATTACKS.register(name)
 
 
 def list_attacks() -> list[str]:
-    return sorted(_REGISTRY)
+    return ATTACKS.names()
 
 
 def make_attack(name: str, **hyperparameters: Any) -> Attack:
     """Build a registered attack, called as ``attack(model, x, y, targets=None) -> x_adv``."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown attack {name!r}; choose one of: {', '.join(list_attacks())}")
-    return _REGISTRY[name](**hyperparameters)
+    return ATTACKS.get(name)(**hyperparameters)
 
 
 def _build(cls: type, defaults: dict[str, Any], hp: dict[str, Any]) -> Attack:
@@ -179,7 +171,7 @@ for _name, (_cls, _norm) in {
 
 # attacks that need optional packages (skipped by the invariant tests when missing)
 REFERENCE_ATTACKS = frozenset(
-    {"autoattack", "torchattacks"} | {n for n in _REGISTRY if n.startswith("ta_")}
+    {"autoattack", "torchattacks"} | {n for n in ATTACKS.names() if n.startswith("ta_")}
 )
 
 __all__ = ["REFERENCE_ATTACKS", "list_attacks", "make_attack", "register_attack"]

@@ -8,25 +8,19 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError
+from ..registry import Registry
 from .layers import Classifier
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a builder ``fn(num_classes, in_channels, **kwargs) -> nn.Module`` (logits out)."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return MODELS.register(name)
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def create_model(
@@ -43,8 +37,7 @@ def create_model(
     ``mean``/``std`` (per channel, pixel units of [0,1] images) default to 0 and 1 (identity).
     Extra keyword arguments go to the architecture (e.g. ``depth``, ``widen_factor``).
     """
-    if name not in _REGISTRY:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    build = MODELS.get(name)
     if num_classes < 1:
         raise UserError(f"num_classes must be >= 1; got {num_classes}")
     if in_channels < 1:
@@ -58,7 +51,7 @@ def create_model(
         )
     if any(s <= 0 for s in std):
         raise UserError(f"std values must be > 0; got {std}")
-    net = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    net = build(num_classes=num_classes, in_channels=in_channels, **kwargs)
     arch = {
         "name": name,
         "num_classes": num_classes,

@@ -7,30 +7,23 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..errors import UserError
+from ..registry import Registry
 
 T = TypeVar("T")
-_REGISTRY: dict[str, type] = {}
+OBJECTIVES: Registry[type] = Registry("objective")
 
 
 def register_objective(name: str) -> Callable[[type[T]], type[T]]:
-    def deco(cls: type[T]) -> type[T]:
-        if name in _REGISTRY:
-            raise ValueError(f"objective {name!r} registered twice")
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return OBJECTIVES.register(name)  # type: ignore[return-value]
 
 
 def list_objectives() -> list[str]:
-    return sorted(_REGISTRY)
+    return OBJECTIVES.names()
 
 
 def make_objective(name: str, **hyperparameters: Any) -> Any:
     """Build a registered objective; unknown names or hyperparameters raise UserError."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown objective {name!r}; choose one of: {', '.join(list_objectives())}")
-    cls = _REGISTRY[name]
+    cls = OBJECTIVES.get(name)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(hyperparameters) - fields)
     if unknown:
