@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -176,28 +175,9 @@ def test_detector_aware_loss():
 
 
 def _main(argv):
-    """robust_ebm.cli.main with energy/detect registered (until the lead adds them)."""
-    import importlib
+    from robust_ebm.cli import main
 
-    from robust_ebm.cli import detect_cmd, energy_cmd
-
-    main_mod = importlib.import_module("robust_ebm.cli.main")
-
-    original = main_mod.build_parser
-
-    def build() -> argparse.ArgumentParser:
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        for mod, name in ((energy_cmd, "energy"), (detect_cmd, "detect")):
-            if name not in sub.choices:
-                mod.add_parser(sub)
-        return parser
-
-    main_mod.build_parser = build
-    try:
-        return main_mod.main([str(a) for a in argv])
-    finally:
-        main_mod.build_parser = original
+    return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")

@@ -173,3 +173,20 @@ def test_torchrun_two_processes_match_one(tmp_path):
     h1 = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
     h2 = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert h1[-1]["train_loss"]["loss"] == pytest.approx(h2[-1]["train_loss"]["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "multistep", "cosine", "constant"])
+@pytest.mark.parametrize("steps_per_epoch", [1, 4, 50])
+def test_schedules_work_for_any_run_length(schedule, steps_per_epoch):
+    from robust_ebm.models import create_model
+    from robust_ebm.train import TrainConfig, make_optimizer, make_scheduler
+
+    cfg = TrainConfig(epochs=1, schedule=schedule, lr=0.1)
+    opt = make_optimizer(create_model("mlp", 2, 1, image_size=4), cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch)
+    used = []  # the LR each optimizer step runs with
+    for _ in range(steps_per_epoch):
+        used.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert all(0 < lr <= 0.1 + 1e-12 for lr in used), used

@@ -112,6 +112,10 @@ def make_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-step LR schedule (stepped once per optimizer step)."""
     total = cfg.epochs * steps_per_epoch
+    warm = cfg.pct_start * total
+    if cfg.schedule == "onecycle" and (warm <= 1 or total - warm <= 1):
+        # too few steps for a warm-up phase (OneCycleLR divides by zero): linear decay only
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(1.0 - s / total, 1e-4))
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start,
