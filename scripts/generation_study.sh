@@ -7,6 +7,7 @@
 #   env: N_PER_CLASS (50), STEPS (50), ETA (step size, 0.1), NOISE (0.001), REAL_N (10000),
 #        MODELS ("standard pgd_at trades weat_adv"), SEED (0)
 # Resumable: a configuration whose result.json exists is skipped. Waits for missing models.
+# Per model: 3 inits x momentum {0.8, 0} at step size ETA, plus PCA with momentum 0 at ETA/(1-0.8).
 set -euo pipefail
 models_root=${1:-runs/fmnist}
 out_root=${2:-runs/generation}
@@ -51,20 +52,24 @@ PY
 for model in $MODELS; do
   ckpt=$models_root/$model-s0/model.safetensors
   until [ -f "$ckpt" ]; do echo "waiting for $ckpt" >&2; sleep 60; done
-  for init in uniform gaussian pca; do
-    for mom in 0.8 0; do
-      out=$out_root/$model/$init-m$mom
-      [ -f "$out/result.json" ] && continue
-      mkdir -p "$out"
-      start=$(date +%s)
-      generate --checkpoint "$ckpt" --dataset fashion_mnist --init "$init" \
-          --steps "$STEPS" --step-size "$ETA" --momentum "$mom" --noise-std "$NOISE" \
-          --energy joint --n-per-class "$N_PER_CLASS" --seed "$SEED" \
-          --features "$features" --real-n "$REAL_N" --out "$out" --json > "$out/result.tmp"
-      echo "$(( $(date +%s) - start ))" > "$out/seconds.txt"
-      mv "$out/result.tmp" "$out/result.json"
-      echo "done $model $init momentum $mom ($(cat "$out/seconds.txt") s)" >&2
-    done
+  # the grid, plus a control: PCA, momentum 0 with eta / (1 - 0.8), the step that momentum 0.8
+  # reaches in a steady gradient field, to separate "momentum" from "a larger step"
+  eta_x5=$(python3 -c "print($ETA / (1 - 0.8))")
+  for cfg in uniform:0.8:$ETA uniform:0:$ETA gaussian:0.8:$ETA gaussian:0:$ETA \
+             pca:0.8:$ETA pca:0:$ETA pca:0:$eta_x5; do
+    IFS=: read -r init mom eta <<< "$cfg"
+    out=$out_root/$model/$init-m$mom
+    [ "$eta" != "$ETA" ] && out=$out-eta$eta
+    [ -f "$out/result.json" ] && continue
+    mkdir -p "$out"
+    start=$(date +%s)
+    generate --checkpoint "$ckpt" --dataset fashion_mnist --init "$init" \
+        --steps "$STEPS" --step-size "$eta" --momentum "$mom" --noise-std "$NOISE" \
+        --energy joint --n-per-class "$N_PER_CLASS" --seed "$SEED" \
+        --features "$features" --real-n "$REAL_N" --out "$out" --json > "$out/result.tmp"
+    echo "$(( $(date +%s) - start ))" > "$out/seconds.txt"
+    mv "$out/result.tmp" "$out/result.json"
+    echo "done $model $init momentum $mom eta $eta ($(cat "$out/seconds.txt") s)" >&2
   done
 done
 
@@ -121,8 +126,10 @@ for mdir in sorted(p for p in out_root.iterdir() if p.is_dir()):
     for init in ("uniform", "gaussian", "pca"):
         m0 = mdir / f"{init}-m0" / "samples.npz"
         e_m0 = np.load(m0)["energy_trajectory"].mean(1)[-1] if m0.is_file() else None
-        for mom in ("0.8", "0"):
-            d = mdir / f"{init}-m{mom}"
+        runs = [(mom, mdir / f"{init}-m{mom}") for mom in ("0.8", "0")]
+        runs += [(f"0, eta {d.name.split('eta')[1]}", d)
+                 for d in sorted(mdir.glob(f"{init}-m0-eta*"))]
+        for mom, d in runs:
             if not (d / "result.json").is_file():
                 continue
             m = json.loads((d / "result.json").read_text())["metrics"]
@@ -152,7 +159,7 @@ for mdir in sorted(p for p in out_root.iterdir() if p.is_dir()):
                 "-" if e_m0 is None else f"{first_step(traj, e_m0)} ({e_m0:.2f})", secs]))
             if mom == "0.8":  # the grids shown in the docs; energy plots of PCA, both momenta
                 shutil.copyfile(d / "grid.png", img_dir / f"{mdir.name}-{init}-m{mom}-grid.png")
-            if init == "pca":
+            if init == "pca" and mom in ("0.8", "0"):
                 shutil.copyfile(d / "energy.png", img_dir / f"{mdir.name}-{init}-m{mom}-energy.png")
 (out_root / "tables.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))

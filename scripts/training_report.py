@@ -50,7 +50,7 @@ def fmt(values: list[float]) -> str:
 def main(root: str, img_dir: str) -> None:
     runs = load_runs(Path(root))
     objectives = [o for o in ORDER if any(k[0] == o for k in runs)]
-    print("| objective | seeds | clean (1000) | PGD-20 (1000) | AutoAttack (1000) | "
+    print("| objective | seeds | clean (first 1000) | PGD-20 (first 1000) | AutoAttack (first n) | "
           "final test dE(x) mean | final train dE(x) mean |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for obj in objectives:
@@ -62,7 +62,7 @@ def main(root: str, img_dir: str) -> None:
         de_test = [r["history"][-1]["eval"]["test"]["dE_x"]["mean"] for r in rs]
         de_train = [r["history"][-1]["eval"]["train"]["dE_x"]["mean"] for r in rs]
         print(f"| {obj} | {','.join(map(str, seeds))} | {fmt(clean)} | {fmt(pgd)} | "
-              f"{fmt(aa)} (seeds {sum('aa' in r for r in rs)}) | "
+              f"{fmt(aa)} (n={','.join(str(r['aa']['n']) for r in rs if 'aa' in r) or '-'}) | "
               f"{statistics.mean(de_test):+.3f} | {statistics.mean(de_train):+.3f} |")
 
     print("\nPer epoch (seed 0): validation clean / PGD-10 accuracy and train-subset mean dE(x)\n")
