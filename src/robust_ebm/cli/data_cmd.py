@@ -39,7 +39,13 @@ def run_verify(args: argparse.Namespace) -> int:
     report = verify_dataset(args.name, args.data_dir)
     ok = bool(report.get("ok"))
     lines = [f"{args.name}: {'OK' if ok else 'FAILED'}"]
-    lines += [f"  {k}: {v}" for k, v in report.items() if k not in ("ok", "name")]
+    for f in report.get("files", []):
+        mark = {True: "ok", False: "FAILED", None: "unverified"}[f.get("ok")]
+        lines.append(f"  {mark:10s} {f.get('path')}  {f.get('note', '')}".rstrip())
+    for split, info in report.get("splits", {}).items():
+        mark = "ok" if info.get("ok") else "FAILED"
+        lines.append(f"  {mark:10s} {split}: {info.get('count')} of {info.get('expected')} samples"
+                     + (f" ({info['error']})" if info.get("error") else ""))
     emit(report, args.json, "\n".join(lines))
     return 0 if ok else 1
 
