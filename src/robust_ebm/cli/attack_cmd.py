@@ -18,6 +18,7 @@ from .common import (
     add_common_args,
     config_of,
     emit,
+    float_batch,
     load_model_and_split,
     nonnegative_float,
     output_dir,
@@ -99,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
                                      args.n, device)
     n = len(ds)
     index = torch.arange(n)
-    x = ds.images.to(device).float() / 255.0
-    y = ds.labels.to(device)
+    x, y = float_batch(ds, device)
     out = output_dir(args, "attack")
     write_run_json(out, config_of(args), args.seed, device)
 

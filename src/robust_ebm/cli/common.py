@@ -98,17 +98,23 @@ def format_report(title: str, report: dict[str, Any]) -> str:
 
 def load_model_and_split(
     checkpoint: str, dataset: str, split: str, data_dir: str | None, n: int | None,
-    device: torch.device,
+    device: torch.device, arch: str | None = None, num_classes: int | None = None,
 ) -> tuple[Any, Any]:
-    """Load a checkpoint and the first ``n`` samples of a split that fits it.
+    """Load a checkpoint (eval mode, on ``device``) and the first ``n`` samples of a split.
 
-    Raises UserError when the channels or the label range do not match the model.
+    ``arch`` (with optional ``num_classes``, default the dataset's) opens a foreign state dict
+    through :func:`robust_ebm.checkpoint.load_model`. Raises UserError when the channels or the
+    label range do not fit the model.
     """
     from ..checkpoint import load_model
     from ..data import load_dataset
 
-    model = load_model(checkpoint, map_location=device)
     ds = load_dataset(dataset, split, data_dir)
+    if arch:
+        model = load_model(checkpoint, map_location=device, name=arch,
+                           num_classes=num_classes or ds.num_classes, in_channels=ds.shape[0])
+    else:
+        model = load_model(checkpoint, map_location=device)
     if ds.shape[0] != model.arch["in_channels"]:
         raise UserError(
             f"checkpoint expects {model.arch['in_channels']}-channel images but {dataset} has "
@@ -121,4 +127,9 @@ def load_model_and_split(
         )
     if n is not None and n < len(ds):
         ds = ds.subset(torch.arange(n))
-    return model, ds
+    return model.eval(), ds
+
+
+def float_batch(ds: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of ``ds`` as float in [0, 1] and its labels, on ``device``."""
+    return ds.images.to(device).float() / 255.0, ds.labels.to(device)

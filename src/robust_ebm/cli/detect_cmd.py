@@ -16,8 +16,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import UserError
-from .common import add_common_args, config_of, emit, nonnegative_float, output_dir, positive_int
+from .common import (
+    add_common_args,
+    config_of,
+    emit,
+    float_batch,
+    nonnegative_float,
+    output_dir,
+    positive_int,
+)
 from .energy_cmd import add_model_args, load_model_and_data, parse_floats, parse_names
 
 
@@ -105,9 +115,8 @@ def _calibration_points(args: argparse.Namespace, n: int) -> tuple[Any, Any, Any
         source |= {"val_size": size, "val_seed": seed}
     n = min(n, len(ds.labels))
     source["n"] = n
-    device = next(model.parameters()).device
-    x = ds.images[:n].to(device).float() / 255.0
-    return model, x, ds.labels[:n].to(device), source
+    x, y = float_batch(ds.subset(torch.arange(n)), next(model.parameters()).device)
+    return model, x, y, source
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -205,10 +214,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     pgd_hp = {"eps": eps, "norm": norm, "seed": args.seed,
               "steps": args.steps or int(info.get("steps") or 20)}
     model, ds = load_model_and_data(args)
-    n = min(args.n, len(ds.labels))
     device = next(model.parameters()).device
-    x = ds.images[:n].to(device).float() / 255.0
-    y = ds.labels[:n].to(device)
+    x, y = float_batch(ds.subset(torch.arange(min(args.n, len(ds)))), device)
     out = output_dir(args, "detect-evaluate")
     write_run_json(out, config_of(args), args.seed, device)
     extra: dict[str, Any] = {}
@@ -246,7 +253,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for note in notes:
         md += f"\nNote: {note}\n"
     slim = {k: {kk: vv for kk, vv in r.items() if kk != "roc"} for k, r in rows.items()}
-    result = {"detector": det.to_json(), "eps": eps, "norm": norm, "n": n,
+    result = {"detector": det.to_json(), "eps": eps, "norm": norm, "n": len(y),
               "dataset": args.dataset, "split": args.split, "clean_accuracy":
               float((analysis.clean.argmax(1) == analysis.y).double().mean()),
               "attacks": slim, "energy": energy, "he_study": study, "notes": notes,

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import UserError
@@ -19,6 +20,8 @@ from .common import (
     add_common_args,
     config_of,
     emit,
+    float_batch,
+    load_model_and_split,
     nonnegative_float,
     output_dir,
     positive_int,
@@ -53,30 +56,10 @@ def parse_floats(text: str, flag: str) -> list[float]:
 
 
 def load_model_and_data(args: argparse.Namespace, split: str | None = None) -> tuple[nn.Module, Any]:
-    """The model (eval mode, on the device) and the dataset split, with compatibility checks."""
-    from ..checkpoint import load_model
-    from ..data import load_dataset
-
-    device = resolve_device(args.device)
-    ds = load_dataset(args.dataset, split or args.split, args.data_dir)
-    if args.arch:
-        k = args.num_classes or ds.num_classes
-        model = load_model(args.checkpoint, map_location=device, name=args.arch,
-                           num_classes=k, in_channels=int(ds.images.shape[1]))
-    else:
-        model = load_model(args.checkpoint, map_location=device)
-    arch = getattr(model, "arch", {})
-    if arch and int(ds.images.shape[1]) != arch["in_channels"]:
-        raise UserError(
-            f"checkpoint expects {arch['in_channels']}-channel images but {args.dataset} has "
-            f"{ds.images.shape[1]}; use the dataset it was trained on"
-        )
-    if arch and ds.num_classes > arch["num_classes"]:
-        raise UserError(
-            f"{args.dataset} has {ds.num_classes} classes but the model predicts "
-            f"{arch['num_classes']}; labels would be out of range"
-        )
-    return model.eval(), ds
+    """The model (eval mode, on the device) and the whole dataset split, checked to fit."""
+    return load_model_and_split(args.checkpoint, args.dataset, split or args.split,
+                                args.data_dir, None, resolve_device(args.device), args.arch,
+                                args.num_classes)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -124,10 +107,8 @@ def run(args: argparse.Namespace) -> int:
     attacks, notes = default_attacks(args.eps, names, args.norm, args.steps, args.seed,
                                      args.he_gamma, args.square_queries)
     model, ds = load_model_and_data(args)
-    n = min(args.n, len(ds.labels))
     device = next(model.parameters()).device
-    x = ds.images[:n].to(device).float() / 255.0
-    y = ds.labels[:n].to(device)
+    x, y = float_batch(ds.subset(torch.arange(min(args.n, len(ds)))), device)
     out = output_dir(args, "energy")
     write_run_json(out, config_of(args), args.seed, device)
     log = None if args.json else (lambda s: print(f"  {s}", flush=True))
