@@ -113,3 +113,15 @@ def test_truncated_checkpoint(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_model(tmp_path / "nope.safetensors")
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    from robust_ebm.io import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "hello")
+    finally:
+        os.umask(umask)
+    assert path.read_text() == "hello"
+    assert (path.stat().st_mode & 0o777) == 0o644
