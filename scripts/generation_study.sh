@@ -27,26 +27,7 @@ if [ ! -f "$features" ]; then
       --out runs/features/fashion_mnist > runs/features/fashion_mnist.log 2>&1
 fi
 
-# `robust-ebm generate`, registering the subcommand in-process if cli/main.py does not yet
-generate() {
-  if .venv/bin/robust-ebm generate --help > /dev/null 2>&1; then
-    .venv/bin/robust-ebm generate "$@"
-  else
-    .venv/bin/python - "$@" <<'PY'
-import argparse, importlib, sys
-m = importlib.import_module("robust_ebm.cli.main")
-from robust_ebm.cli import generate_cmd
-orig = m.build_parser
-def build():
-    p = orig()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    generate_cmd.add_parser(sub)
-    return p
-m.build_parser = build
-sys.exit(m.main(["generate", *sys.argv[1:]]))
-PY
-  fi
-}
+generate() { .venv/bin/robust-ebm generate "$@"; }
 
 # 2. samples and metrics of every configuration
 for model in $MODELS; do
@@ -54,7 +35,7 @@ for model in $MODELS; do
   until [ -f "$ckpt" ]; do echo "waiting for $ckpt" >&2; sleep 60; done
   # the grid, plus a control: PCA, momentum 0 with eta / (1 - 0.8), the step that momentum 0.8
   # reaches in a steady gradient field, to separate "momentum" from "a larger step"
-  eta_x5=$(python3 -c "print($ETA / (1 - 0.8))")
+  eta_x5=$(python3 -c "print(f'{$ETA / (1 - 0.8):g}')")
   for cfg in uniform:0.8:$ETA uniform:0:$ETA gaussian:0.8:$ETA gaussian:0:$ETA \
              pca:0.8:$ETA pca:0:$ETA pca:0:$eta_x5; do
     IFS=: read -r init mom eta <<< "$cfg"
@@ -77,17 +58,18 @@ done
 .venv/bin/python - "$models_root" "$out_root" "$features" "$REAL_N" "$SEED" <<'PY'
 """Tables: metrics per configuration; the feature network's accuracy on the samples; a
 real-data reference row (real test images, same count and classes: the floor of each metric at
-this sample size); SGLD steps until the chains' mean E(x,y) reaches (a) the mean E(x,y) of the
+this sample size) and the starting points of each init before any SGLD step; SGLD steps until the chains' mean E(x,y) reaches (a) the mean E(x,y) of the
 real training images and (b) the final mean E(x,y) of the momentum-0 chains of the same model
 and init (so the momentum-0 row reads STEPS by construction)."""
 import json, shutil, sys
 from pathlib import Path
 import numpy as np, torch
 from robust_ebm.checkpoint import load_model
-from robust_ebm.cli.generate_cmd import describe_features, file_sha256
+from robust_ebm.cli.generate_cmd import CLASS_NAMES, describe_features, file_sha256
 from robust_ebm.data import load_dataset
 from robust_ebm.energy import joint_energy
 from robust_ebm.generation_metrics import ClassifierFeatures, generation_metrics
+from robust_ebm.sampling import save_grid
 
 models_root, out_root, features = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 real_n, seed = int(sys.argv[4]), int(sys.argv[5])
@@ -132,7 +114,8 @@ for mdir in sorted(p for p in out_root.iterdir() if p.is_dir()):
         for mom, d in runs:
             if not (d / "result.json").is_file():
                 continue
-            m = json.loads((d / "result.json").read_text())["metrics"]
+            r = json.loads((d / "result.json").read_text())
+            m = r["metrics"]
             z = np.load(d / "samples.npz")
             x, y = torch.from_numpy(z["x"]), torch.from_numpy(z["y"]).long()
             if not ref_done:
@@ -148,6 +131,18 @@ for mdir in sorted(p for p in out_root.iterdir() if p.is_dir()):
                                   f"{ref['is_mean']:.2f}", f"{ref['precision']:.3f}",
                                   f"{ref['recall']:.3f}", f"{acc:.3f}", "-", "-", "-", "-"]))
                 ref_done = True
+                for init0 in ("uniform", "gaussian", "pca"):  # the starting points, no SGLD
+                    f0 = mdir / f"{init0}-m0.8" / "samples.npz"
+                    if not f0.is_file():
+                        continue
+                    x0 = torch.from_numpy(np.load(f0)["x0"])
+                    r0 = generation_metrics(real.images, x0, feat_net, feat_name, seed=seed)
+                    with torch.no_grad():
+                        acc0 = (feat_model(x0.float() / 255).argmax(1) == y).float().mean().item()
+                    lines.append(row(["x0 only (no SGLD; same for every model)", init0, "-",
+                                      f"{r0['fid']:.2f}", f"{1e3 * r0['kid_mean']:.2f}",
+                                      f"{r0['is_mean']:.2f}", f"{r0['precision']:.3f}",
+                                      f"{r0['recall']:.3f}", f"{acc0:.3f}", "-", "-", "-", "-"]))
             with torch.no_grad():
                 acc = (feat_model(x.float() / 255).argmax(1) == y).float().mean().item()
             traj = z["energy_trajectory"].mean(1)
@@ -157,8 +152,12 @@ for mdir in sorted(p for p in out_root.iterdir() if p.is_dir()):
                 f"{m['is_mean']:.2f}", f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{acc:.3f}",
                 f"{traj[0]:.2f} -> {traj[-1]:.2f}", f"{first_step(traj, e_real)} ({e_real:.2f})",
                 "-" if e_m0 is None else f"{first_step(traj, e_m0)} ({e_m0:.2f})", secs]))
-            if mom == "0.8":  # the grids shown in the docs; energy plots of PCA, both momenta
-                shutil.copyfile(d / "grid.png", img_dir / f"{mdir.name}-{init}-m{mom}-grid.png")
+            if mom == "0.8":  # the grids shown in the docs (redrawn from samples.npz)
+                sc = r["sampler"]
+                title = (f"{mdir.name} | init {init}, {sc['steps']} steps, eta {sc['step_size']}, "
+                         f"zeta {sc['momentum']}, s {sc['noise_std']}")
+                save_grid(img_dir / f"{mdir.name}-{init}-m{mom}-grid.png", x.float() / 255, y, 10,
+                          CLASS_NAMES["fashion_mnist"], title)
             if init == "pca" and mom in ("0.8", "0"):
                 shutil.copyfile(d / "energy.png", img_dir / f"{mdir.name}-{init}-m{mom}-energy.png")
 (out_root / "tables.md").write_text("\n".join(lines) + "\n")

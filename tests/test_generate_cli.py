@@ -3,7 +3,6 @@ feature network, the statistics cache, and bad input (one stderr line, exit code
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 
@@ -11,23 +10,6 @@ import numpy as np
 import pytest
 
 main_mod = importlib.import_module("robust_ebm.cli.main")
-
-
-@pytest.fixture(autouse=True)
-def _generate_registered(monkeypatch):
-    """Register the subcommand if cli/main.py does not (yet) list it."""
-    from robust_ebm.cli import generate_cmd
-
-    original = main_mod.build_parser
-
-    def build():
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "generate" not in sub.choices:
-            generate_cmd.add_parser(sub)
-        return parser
-
-    monkeypatch.setattr(main_mod, "build_parser", build)
 
 
 def _run(capsys, *argv):

@@ -22,14 +22,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import attack_cmd, data_cmd, demo_cmd, detect_cmd, energy_cmd, evaluate_cmd, train_cmd
+    from . import (
+        attack_cmd,
+        data_cmd,
+        demo_cmd,
+        detect_cmd,
+        energy_cmd,
+        evaluate_cmd,
+        generate_cmd,
+        train_cmd,
+    )
 
     parser = _Parser(prog="robust-ebm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"robust-ebm {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     sub.required = True
     for module in (demo_cmd, train_cmd, evaluate_cmd, attack_cmd, energy_cmd, detect_cmd,
-                   data_cmd):
+                   generate_cmd, data_cmd):
         module.add_parser(sub)
     return parser
 
