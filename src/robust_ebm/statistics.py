@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .energy import free_energy, joint_energy
+from .models.modes import frozen_eval
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -45,11 +46,9 @@ def per_sample_energies(
     Returns:
         dict of (N,) CPU tensors: ``free_energy``, ``joint_energy``, ``pred``, ``correct``.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     outs: dict[str, list[Tensor]] = {k: [] for k in ("free_energy", "joint_energy", "pred")}
-    try:
+    with frozen_eval(model):
         for start in range(0, len(labels), batch_size):
             xb = images[start : start + batch_size].to(device)
             xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
@@ -58,8 +57,6 @@ def per_sample_energies(
             outs["free_energy"].append(free_energy(logits).cpu())
             outs["joint_energy"].append(joint_energy(logits, yb).cpu())
             outs["pred"].append(logits.argmax(1).cpu())
-    finally:
-        model.train(was_training)
     res = {k: torch.cat(v) for k, v in outs.items()}
     res["correct"] = res["pred"] == labels.cpu()
     return res
@@ -90,11 +87,9 @@ def attacked_energies(
         (joint energies at the true label), ``ce``, ``ce_adv``, ``correct``, ``correct_adv``,
         ``pred_adv``.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     cols: dict[str, list[Tensor]] = {}
-    try:
+    with frozen_eval(model):
         for start in range(0, len(labels), batch_size):
             xb = images[start : start + batch_size].to(device)
             xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
@@ -110,8 +105,6 @@ def attacked_energies(
                                      ("correct" + tag, logits.argmax(1) == yb),
                                      ("pred" + tag, logits.argmax(1))):
                         cols.setdefault(key, []).append(val.detach().cpu())
-    finally:
-        model.train(was_training)
     return {k: torch.cat(v) for k, v in cols.items()}
 
 

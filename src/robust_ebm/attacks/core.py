@@ -10,36 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..models.modes import frozen_eval  # noqa: F401  (re-exported for attacks)
 
 TARGET_MODES = ("given", "random", "least_likely")
-
-
-@contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode with every parameter's requires_grad off; restore both exactly.
-
-    Restores each submodule's own ``training`` flag (not just the root's), so a model that was
-    half in train mode comes back the same.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def work_dtype(model: nn.Module, x: Tensor) -> torch.dtype:

@@ -7,12 +7,14 @@
 from . import mlp, preact_resnet, resnet, small_cnn, wide_resnet  # noqa: F401  (registration)
 from .foreign import load_foreign_state_dict
 from .layers import Classifier, Normalize
+from .modes import frozen_eval
 from .registry import create_model, list_models, register_model
 
 __all__ = [
     "Classifier",
     "Normalize",
     "create_model",
+    "frozen_eval",
     "list_models",
     "register_model",
     "load_foreign_state_dict",

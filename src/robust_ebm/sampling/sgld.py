@@ -13,8 +13,7 @@ name it for what it is. Lower energy = more likely (see :mod:`robust_ebm.energy`
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from ..energy import cross_entropy_from_energies, free_energy, joint_energy
 from ..errors import UserError
+from ..models.modes import frozen_eval
 
 EnergyFn = Callable[[Tensor, Tensor | None], Tensor]  # (logits (N,K), y (N,) | None) -> (N,)
 ENERGIES = ("joint", "free", "ce")
@@ -58,27 +58,6 @@ def resolve_energy(energy: str | EnergyFn) -> EnergyFn:
             f"unknown energy {energy!r}; choose one of {', '.join(ENERGIES)} or pass a callable"
         )
     return _NAMED[energy]
-
-
-@contextlib.contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval() with parameters not requiring grad; restore both exactly after.
-
-    Freezing the parameters lets autograd skip the weight gradients: sampling only needs
-    d E / d x.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 @dataclass(frozen=True)
