@@ -30,7 +30,8 @@ def load_runs(root: Path) -> dict[tuple[str, int], dict]:
         if not m or not (d / "metrics.jsonl").is_file():
             continue
         hist = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
-        run = {"dir": d, "history": hist}
+        # a run is complete once it wrote its final model; others were stopped early
+        run = {"dir": d, "history": hist, "complete": (d / "model.safetensors").is_file()}
         for tag in ("pgd20", "aa"):
             f = d / tag / "robustness.json"
             if f.is_file():
@@ -48,8 +49,14 @@ def fmt(values: list[float]) -> str:
 
 
 def main(root: str, img_dir: str) -> None:
-    runs = load_runs(Path(root))
+    every = load_runs(Path(root))
+    runs = {k: r for k, r in every.items() if r["complete"]}
+    for (obj, seed), r in sorted(every.items()):
+        if not r["complete"]:
+            print(f"stopped early (not in the tables): {obj} seed {seed} after "
+                  f"{len(r['history'])} epoch(s)")
     objectives = [o for o in ORDER if any(k[0] == o for k in runs)]
+    partial = [o for o in ORDER if o not in objectives and (o, 0) in every]
     print("| objective | seeds | clean (first 1000) | PGD-20 (first 1000) | AutoAttack (first n) | "
           "final test dE(x) mean | final train dE(x) mean |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -62,17 +69,18 @@ def main(root: str, img_dir: str) -> None:
         de_test = [r["history"][-1]["eval"]["test"]["dE_x"]["mean"] for r in rs]
         de_train = [r["history"][-1]["eval"]["train"]["dE_x"]["mean"] for r in rs]
         print(f"| {obj} | {','.join(map(str, seeds))} | {fmt(clean)} | {fmt(pgd)} | "
-              f"{fmt(aa)} (n={','.join(str(r['aa']['n']) for r in rs if 'aa' in r) or '-'}) | "
+              + (f"{fmt(aa)} (n={','.join(str(r['aa']['n']) for r in rs if 'aa' in r)})" if aa
+                 else "not run") + " | "
               f"{statistics.mean(de_test):+.3f} | {statistics.mean(de_train):+.3f} |")
 
     print("\nPer epoch (seed 0): validation clean / PGD-10 accuracy and train-subset mean dE(x)\n")
-    for obj in objectives:
-        r = runs.get((obj, 0))
+    for obj in objectives + partial:
+        r = every.get((obj, 0))
         if r is None:
             continue
         cells = [f"{h['eval']['val']['accuracy']:.3f}/{h['eval']['val']['accuracy_adv']:.3f}"
                  f" ({h['eval']['train']['dE_x']['mean']:+.2f})" for h in r["history"]]
-        print(f"- {obj}: " + ", ".join(cells))
+        print(f"- {obj}{'' if r['complete'] else ' (stopped early)'}: " + ", ".join(cells))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, split in zip(axes, ("train", "test")):
