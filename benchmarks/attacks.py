@@ -14,28 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_medians
 
 from robust_ebm.attacks import make_attack
 from robust_ebm.models import create_model
-
-
-def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
-    """Median time of each function, measured round-robin so that load on a shared machine
-    drifts over all candidates alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:

@@ -19,11 +19,10 @@ hits all of them alike.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_medians
 
 from robust_ebm.energy import free_energy, weat_weights
 from robust_ebm.models import create_model
@@ -67,12 +66,6 @@ def ours_step(model, opt, objective, x, y):
     opt.step()
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10, help="inner attack steps (paper: 10)")
@@ -95,13 +88,7 @@ def main() -> None:
         "ours_weat": lambda: ours_step(model, opt, weat, x, y),
         "published_weat": lambda: published_trades_step(model, opt, x, y, eps, step, args.steps, beta, True),
     }
-    for fn in cands.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in cands}
-    for _ in range(args.repeats):
-        for k, fn in cands.items():
-            times[k].append(timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(cands, args.repeats)
     threads = torch.get_num_threads()
     setting = (f"small_cnn 1x28x28, batch {args.batch_size}, {args.steps}-step inner attack, "
                f"{dev}, {threads} thread(s), median of {args.repeats}")
@@ -114,14 +101,11 @@ def main() -> None:
     print(f"| WEAT_adv step / published | {setting} | {r_w:.2f} | goal <= 0.85 |")
 
     # Per-objective epoch time on Fashion-MNIST (55,000 images, 429 batches), extrapolated.
-    per_step = {}
-    for name in list_objectives():
-        obj = make_objective(name, **({} if name == "standard" else budget))
-        ours_step(model, opt, obj, x, y)
-        per_step[name] = statistics.median(
-            timed(lambda obj=obj: ours_step(model, opt, obj, x, y))
-            for _ in range(max(3, args.repeats // 2))
-        )
+    objectives = {n: make_objective(n, **({} if n == "standard" else budget)) for n in list_objectives()}
+    per_step = interleaved_medians(
+        {n: (lambda o=o: ours_step(model, opt, o, x, y)) for n, o in objectives.items()},
+        max(3, args.repeats // 2),
+    )
     print(f"# epoch time on Fashion-MNIST (429 steps x median step time), {setting}")
     for name, t in per_step.items():
         print(f"| {name} | {t * 1000:.0f} ms/step | {t * 429 / 60:.1f} min/epoch |")
