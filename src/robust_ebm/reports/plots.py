@@ -11,10 +11,13 @@ import numpy as np
 
 from ..io import atomic_write
 
-__all__ = ["plot_energy_histograms", "plot_he_study", "plot_roc", "plot_sweep"]
+__all__ = [
+    "plot_energy_histograms", "plot_he_study", "plot_roc", "plot_sweep", "pyplot", "save_figure",
+]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -23,8 +26,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
-    plt = _pyplot()
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as PNG atomically and close it."""
+    plt = pyplot()
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110,
                                                           bbox_inches="tight"))
@@ -37,7 +41,7 @@ def plot_energy_histograms(
     title: str = "E(x): clean vs attacked",
 ) -> Path:
     """One panel per attack: histogram of E(x) (clean) overlaid with E(x*)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(adversarial)
     cols = min(4, max(1, len(names)))
     rows = max(1, -(-len(names) // cols))
@@ -54,12 +58,12 @@ def plot_energy_histograms(
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_sweep(sweep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """PGD over steps and over eps: mean +- std of E(x*) (left axis) next to accuracy (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     clean_e = sweep["clean"]["E_x"]["mean"]
     for ax, kind, xlabel in ((axes[0], "steps", "PGD steps"), (axes[1], "eps", "eps")):
@@ -82,7 +86,7 @@ def plot_sweep(sweep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
         ax2.legend(fontsize=7, loc="upper right")
     fig.suptitle("PGD-CE: energy of x* vs steps and budget")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(
@@ -91,7 +95,7 @@ def plot_roc(
     point: tuple[float, float] | None = None,
 ) -> Path:
     """ROC curves ``name -> (fpr, tpr, auroc)``; ``point`` marks (FPR, TPR) at tau."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     for name, (fpr, tpr, auc) in curves.items():
         label = name if auc is None else f"{name} (AUROC {auc:.3f})"
@@ -104,12 +108,12 @@ def plot_roc(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_he_study(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """HE-PGD over gamma: robust accuracy, detector TPR/FPR, mean +- std of E(x*) - E(x)."""
-    plt = _pyplot()
+    plt = pyplot()
     g = [r["gamma"] for r in rows]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
     a1.plot(g, [r["accuracy_adv"] for r in rows], "o-", label="robust accuracy")
@@ -129,4 +133,4 @@ def plot_he_study(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     a2.set_ylabel("E(x*) - E(x)")
     fig.suptitle("HE-PGD: CE + gamma E(x)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -18,7 +18,8 @@ from typing import Any
 from torch import nn
 
 from ..data import ImageDataset
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write_text
+from ..reports.plots import pyplot, save_figure
 from ..statistics import attacked_energies, attacked_report
 
 
@@ -52,11 +53,7 @@ def write_csv(path: str | os.PathLike[str], history: list[dict[str, Any]]) -> Pa
 
 def plot_dynamics(path: str | os.PathLike[str], history: list[dict[str, Any]], title: str = "") -> Path:
     """Mean dE(x), dE(x,y) (with std bands) and clean/robust accuracy per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [r["epoch"] for r in history]
     splits = sorted({s for r in history for s in r.get("eval", {})})
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -80,9 +77,7 @@ def plot_dynamics(path: str | os.PathLike[str], history: list[dict[str, Any]], t
             ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     fig.suptitle(title)
     fig.tight_layout()
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def overfitting_warning(
