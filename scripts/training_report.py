@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+from safetensors.torch import load_file
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -40,6 +41,12 @@ def load_runs(root: Path) -> dict[tuple[str, int], dict]:
     return runs
 
 
+def pgd20_on_first(run_dir: Path, n: int) -> float:
+    """PGD-20 robust accuracy on the first ``n`` of the points attacked by scripts/fmnist_eval.sh."""
+    robust = load_file(str(run_dir / "pgd20" / "adversarial.safetensors"))["robust"][:n]
+    return float(robust.double().mean())
+
+
 def fmt(values: list[float]) -> str:
     if not values:
         return "-"
@@ -57,7 +64,7 @@ def main(root: str, img_dir: str) -> None:
                   f"{len(r['history'])} epoch(s)")
     objectives = [o for o in ORDER if any(k[0] == o for k in runs)]
     partial = [o for o in ORDER if o not in objectives and (o, 0) in every]
-    print("| objective | seeds | clean (first 1000) | PGD-20 (first 1000) | AutoAttack (first n) | "
+    print("| objective | seeds | clean (first 1000) | PGD-20 (first 1000) | AutoAttack on the first n (clean and PGD-20 on the same n) | "
           "final test dE(x) mean | final train dE(x) mean |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for obj in objectives:
@@ -66,10 +73,12 @@ def main(root: str, img_dir: str) -> None:
         clean = [r["pgd20"]["clean_accuracy"] for r in rs if "pgd20" in r]
         pgd = [r["pgd20"]["robust_accuracy"] for r in rs if "pgd20" in r]
         aa = [r["aa"]["robust_accuracy"] for r in rs if "aa" in r]
+        aa_clean = [r["aa"]["clean_accuracy"] for r in rs if "aa" in r]
+        pgd_same = [pgd20_on_first(r["dir"], r["aa"]["n"]) for r in rs if "aa" in r]
         de_test = [r["history"][-1]["eval"]["test"]["dE_x"]["mean"] for r in rs]
         de_train = [r["history"][-1]["eval"]["train"]["dE_x"]["mean"] for r in rs]
         print(f"| {obj} | {','.join(map(str, seeds))} | {fmt(clean)} | {fmt(pgd)} | "
-              + (f"{fmt(aa)} (n={','.join(str(r['aa']['n']) for r in rs if 'aa' in r)})" if aa
+              + (f"{fmt(aa)} (clean {fmt(aa_clean)}, PGD-20 {fmt(pgd_same)}, n={','.join(str(r['aa']['n']) for r in rs if 'aa' in r)})" if aa
                  else "not run") + " | "
               f"{statistics.mean(de_test):+.3f} | {statistics.mean(de_train):+.3f} |")
 
