@@ -5,6 +5,7 @@ set -euo pipefail
 seed=${1:?seed}
 root=${2:-runs/fmnist}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+mkdir -p "$root"
 for obj in standard pgd_at trades mart weat_adv weat_nat; do
   extra=(--eps 0.1 --step-size 0.05 --steps 5)
   # standard training has no inner attack, so no budget
