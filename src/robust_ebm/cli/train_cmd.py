@@ -20,8 +20,9 @@ from ..errors import UserError
 from ..models import create_model, list_models
 from ..objectives import list_objectives, make_objective
 from ..provenance import write_run_json
-from ..train import SCHEDULES, train
+from ..train import PRECISIONS, SCHEDULES, train
 from ..train.config import apply_set, default_config, load_toml, merge, train_config
+from ..train.loop import check_device_options
 from .common import (
     add_common_args,
     emit,
@@ -44,6 +45,8 @@ _FLAGS = {
     "eval_eps": ("train", "eval_eps"), "eval_steps": ("train", "eval_steps"),
     "eval_n": ("train", "eval_n"), "energy_n": ("train", "energy_n"),
     "save_every": ("train", "save_every"), "deterministic": ("train", "deterministic"),
+    "precision": ("train", "precision"), "channels_last": ("train", "channels_last"),
+    "tensorboard": ("train", "tensorboard"),
 }
 
 
@@ -86,6 +89,12 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--energy-n", type=int, default=None, help="train samples tracked per epoch")
     p.add_argument("--save-every", type=int, default=None, help="also save state every N steps")
     p.add_argument("--deterministic", action="store_const", const=True, default=None)
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="autocast for training steps: bf16, or fp16 on CUDA (default fp32)")
+    p.add_argument("--channels-last", action="store_const", const=True, default=None,
+                   help="NHWC memory order for weights and batches (faster convolutions on GPUs)")
+    p.add_argument("--tensorboard", action="store_const", const=True, default=None,
+                   help="also write per-epoch scalars to OUT/tensorboard (needs tensorboard)")
 
 
 def resolve_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -132,6 +141,7 @@ def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
     if args.resume and not args.out:
         raise UserError("--resume needs --out pointing at the interrupted run's folder")
     device = resolve_device(args.device)
+    check_device_options(tcfg, device)
     model_kw = {k: v for k, v in cfg["model"].items() if k != "name"}
     full = load_dataset(data["dataset"], "train", data["data_dir"])
     test = load_dataset(data["dataset"], "test", data["data_dir"])

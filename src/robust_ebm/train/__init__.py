@@ -1,5 +1,21 @@
 """Training: the loop, its configuration, crash-safe state, energy tracking, torchrun support."""
 
-from .loop import SCHEDULES, TrainConfig, make_optimizer, make_scheduler, train
+from .loop import (
+    PRECISIONS,
+    SCHEDULES,
+    TrainConfig,
+    make_optimizer,
+    make_scheduler,
+    mixed_precision,
+    train,
+)
 
-__all__ = ["SCHEDULES", "TrainConfig", "make_optimizer", "make_scheduler", "train"]
+__all__ = [
+    "PRECISIONS",
+    "SCHEDULES",
+    "TrainConfig",
+    "make_optimizer",
+    "make_scheduler",
+    "mixed_precision",
+    "train",
+]

@@ -15,10 +15,11 @@ a run resumed from any saved step continues exactly as the uninterrupted run wou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,16 @@ from ..io import atomic_write_text
 from ..progress import Progress
 from . import dist
 from .state import STATE_FILE, TrainState, load_state, save_state
-from .tracking import evaluate_subsets, overfitting_warning, plot_dynamics, write_csv
+from .tracking import (
+    TensorBoardLog,
+    evaluate_subsets,
+    overfitting_warning,
+    plot_dynamics,
+    write_csv,
+)
 
 SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
 Objective = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]]
 
 
@@ -47,6 +55,12 @@ class TrainConfig:
     Defaults follow the WEAT recipe: SGD momentum 0.9, weight decay 5e-4, one-cycle LR with
     ``pct_start`` 0.25; ``lr`` is the peak LR. Budgets (``eval_eps``, ``eval_step_size``) are in
     pixel units of [0,1] images; ``eval_eps=None`` evaluates clean accuracy only.
+
+    GPU options: ``precision`` 'bf16' or 'fp16' runs each training step (inner attack
+    included) under autocast, with the logits cast back to float32 before any loss or energy
+    is computed; 'fp16' needs CUDA and uses dynamic loss scaling. ``channels_last`` stores
+    weights and batches in NHWC memory order. The per-epoch evaluation always runs in float32.
+    ``tensorboard`` also writes the per-epoch record to ``<out>/tensorboard``.
     """
 
     epochs: int = 5
@@ -70,6 +84,9 @@ class TrainConfig:
     save_every: int = 0  # also save the training state every N steps (0: each epoch only)
     deterministic: bool = False
     limit_train_batches: int | None = None
+    precision: str = "fp32"  # 'fp32', 'bf16' or 'fp16' (CUDA only)
+    channels_last: bool = False
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -86,6 +103,8 @@ class TrainConfig:
             (self.eval_n >= 1 and self.energy_n >= 0, "eval_n must be >= 1 and energy_n >= 0"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}"),
             (self.save_every >= 0, f"save_every must be >= 0; got {self.save_every}"),
+            (self.precision in PRECISIONS,
+             f"precision must be one of {PRECISIONS}; got {self.precision!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -131,6 +150,32 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
 
+@contextlib.contextmanager
+def mixed_precision(model: nn.Module, precision: str, device: torch.device) -> Iterator[None]:
+    """Autocast to ``precision`` ('bf16'/'fp16'; 'fp32' does nothing) with ``model``'s output
+    cast back to float32, so losses, energies and the inner attack's gradients of the loss are
+    computed from float32 logits."""
+    if precision == "fp32":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    hook = model.register_forward_hook(lambda module, inputs, output: output.float())
+    try:
+        with torch.autocast(device.type, dtype=dtype):
+            yield
+    finally:
+        hook.remove()
+
+
+def check_device_options(cfg: TrainConfig, device: torch.device) -> None:
+    """Raise UserError for options the device cannot run."""
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise UserError(
+            f"precision 'fp16' needs a CUDA device (it relies on loss scaling); on {device.type} "
+            "use --precision bf16 or fp32"
+        )
+
+
 def _fixed_subsets(
     cfg: TrainConfig, train_set: ImageDataset, val_set: ImageDataset | None,
     test_set: ImageDataset | None,
@@ -174,8 +219,11 @@ def train(
         torch.use_deterministic_algorithms(True)
     if cfg.batch_size % info.world_size:
         raise UserError(f"batch_size {cfg.batch_size} must divide by the {info.world_size} processes")
+    check_device_options(cfg, device)
     torch.manual_seed(cfg.seed)
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     loader = TensorLoader(
         train_set, cfg.batch_size // info.world_size, shuffle=True, seed=cfg.seed,
         augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip), drop_last=True,
@@ -189,22 +237,26 @@ def train(
         )
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     out = Path(out_dir) if out_dir is not None else None
     config = run_config if run_config is not None else {"train": asdict(cfg)}
     state = TrainState()
     if resume:
         if out is None or not (out / STATE_FILE).is_file():
             raise UserError(f"--resume: no {STATE_FILE} in {out}; nothing to resume")
-        state = load_state(out / STATE_FILE, model, opt, sched, config)
+        state = load_state(out / STATE_FILE, model, opt, sched, config, scaler,
+                           defaults={"train": asdict(TrainConfig())})
         log(f"resuming at epoch {state.epoch + 1}, batch {state.batch}")
     ddp_model = dist.wrap(model, info, device)
     subsets = _fixed_subsets(cfg, train_set, val_set, test_set)
     attack = cfg.eval_attack()
     meta = dict(metadata or {})
+    board = (TensorBoardLog(out / "tensorboard", purge_step=state.epoch + 1)
+             if cfg.tensorboard and out is not None and info.is_main else None)
 
     def checkpoint() -> None:
         if out is not None and info.is_main:
-            save_state(out / STATE_FILE, state, model, opt, sched, config)
+            save_state(out / STATE_FILE, state, model, opt, sched, config, scaler)
 
     while state.epoch < cfg.epochs:
         epoch = state.epoch
@@ -215,15 +267,19 @@ def train(
                 if i >= steps:
                     break
                 torch.manual_seed(derive_seed(cfg.seed, epoch, i, info.rank))
-                loss, logs = objective(ddp_model, x, y)
+                if cfg.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with mixed_precision(model, cfg.precision, device):
+                    loss, logs = objective(ddp_model, x, y)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(
                         f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped. "
                         "The last saved checkpoint is intact: lower the learning rate and resume"
                     )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()  # the identity unless fp16
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 for k, v in logs.items():
                     state.sums[k] = state.sums.get(k, 0.0) + float(v)
@@ -255,8 +311,12 @@ def train(
                 log("warning: " + warn)
             if out is not None:
                 _write_outputs(out, model, record, state, cfg, meta)
+            if board is not None:
+                board.write(record)
         checkpoint()
         dist.barrier(info)
+    if board is not None:
+        board.close()
     dist.teardown(info)
     return state.history
 

@@ -23,7 +23,7 @@ from ..io import atomic_write_bytes
 
 STATE_FILE = "state.pt"
 # Keys that may differ between the interrupted run and its resumption.
-RESUME_IGNORED = ("resume", "json", "out", "device")
+RESUME_IGNORED = ("resume", "json", "out", "device", "tensorboard")
 
 
 @dataclass
@@ -41,6 +41,7 @@ class TrainState:
 def save_state(
     path: str | os.PathLike[str], state: TrainState, model: nn.Module,
     optimizer: torch.optim.Optimizer, scheduler: Any, config: dict[str, Any],
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
     payload = {
         "format": "robust-ebm-train/1",
@@ -57,6 +58,8 @@ def save_state(
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "config": config,
     }
+    if scaler is not None and scaler.is_enabled():
+        payload["scaler"] = scaler.state_dict()
     buf = io.BytesIO()
     torch.save(payload, buf)
     return atomic_write_bytes(path, buf.getvalue())
@@ -64,13 +67,16 @@ def save_state(
 
 def load_state(
     path: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: Any, config: dict[str, Any],
+    scheduler: Any, config: dict[str, Any], scaler: torch.amp.GradScaler | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> TrainState:
-    """Restore model, optimizer, scheduler and RNG from ``path``; refuse a changed config."""
+    """Restore model, optimizer, scheduler, loss scaler and RNG from ``path``; refuse a
+    changed config. ``defaults`` stand in for settings the saved config lacks (a state written
+    before the setting existed resumes as long as the new run leaves it at its default)."""
     payload = safe_torch_load(path, map_location="cpu")
     if not isinstance(payload, dict) or payload.get("format") != "robust-ebm-train/1":
         raise UserError(f"{path}: not a robust-ebm training state; pass the run's folder")
-    diffs = config_differences(payload["config"], config)
+    diffs = config_differences(payload["config"], config, defaults)
     if diffs:
         raise UserError(
             "cannot resume: the configuration differs from the interrupted run's ("
@@ -79,6 +85,8 @@ def load_state(
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
+    if scaler is not None and "scaler" in payload:
+        scaler.load_state_dict(payload["scaler"])
     torch.set_rng_state(payload["rng_cpu"])
     if payload["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["rng_cuda"])
@@ -99,9 +107,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every setting that differs (ignoring RESUME_IGNORED keys)."""
-    a, b = _flatten(old), _flatten(new)
+def config_differences(
+    old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """``key: old -> new`` for every setting that differs (ignoring RESUME_IGNORED keys);
+    a key missing from ``old`` takes its value from ``defaults`` when given there."""
+    a, b = {**_flatten(defaults or {}), **_flatten(old)}, _flatten(new)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key.split(".")[-1] in RESUME_IGNORED:

@@ -3,7 +3,8 @@
 Each epoch, on fixed subsets, the model is attacked with PGD-k and we record clean and
 adversarial accuracy and summaries of E(x), E(x*), E(x,y), E(x*,y), dE(x), dE(x,y) and CE
 (:func:`robust_ebm.statistics.attacked_report`). Records go to ``metrics.jsonl`` (by the loop),
-``energy.csv`` and ``energy_dynamics.png`` here. Robust overfitting is flagged when validation
+``energy.csv``, ``energy_dynamics.png`` and, optionally, TensorBoard event files here.
+Robust overfitting is flagged when validation
 robust accuracy falls from its best while mean dE(x) on training data diverges.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..data import ImageDataset
+from ..errors import UserError
 from ..io import atomic_write_text
 from ..reports.plots import pyplot, save_figure
 from ..statistics import attacked_energies, attacked_report
@@ -100,3 +102,41 @@ def overfitting_warning(
             f"grew from {de_best:.3f} to {de_last:.3f}"
         )
     return None
+
+
+class TensorBoardLog:
+    """Per-epoch scalars for TensorBoard (needs the ``tensorboard`` package).
+
+    Tags: ``train/<loss term>``, ``lr`` and ``<split>/<quantity>`` for the evaluated subsets,
+    with ``_mean``/``_std`` for energy summaries; the step is the epoch. ``purge_step`` drops
+    events at or after that epoch left by an interrupted run, so a resumed run has one curve.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str], purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError(
+                "tensorboard logging needs the tensorboard package: pip install tensorboard "
+                "(or train without --tensorboard)"
+            ) from None
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = record["epoch"]
+        add = self.writer.add_scalar
+        for key, val in record.get("train_loss", {}).items():
+            add(f"train/{key}", val, step)
+        if "lr" in record:
+            add("lr", record["lr"], step)
+        for split, rep in record.get("eval", {}).items():
+            for key, val in rep.items():
+                if isinstance(val, dict):
+                    add(f"{split}/{key}_mean", val["mean"], step)
+                    add(f"{split}/{key}_std", val["std"], step)
+                elif key != "n":
+                    add(f"{split}/{key}", val, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
