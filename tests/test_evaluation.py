@@ -243,3 +243,50 @@ def test_attack_cli_bad_input(checkpoint, tmp_path, argv, match):
 def test_attack_cli_rejects_negative_eps(checkpoint):
     with pytest.raises(SystemExit):
         _parse(["attack", "--checkpoint", str(checkpoint), "--eps", "-0.1"])
+
+
+def _attack_run(checkpoint, out, *extra):
+    args = _parse(["attack", "--checkpoint", str(checkpoint), "--dataset", "digits", "--split",
+                   "test", "--attacks", "fgsm,pgd", "--eps", "0.1", "--steps", "5",
+                   "--batch-size", "20", "--out", str(out), "--json", *extra])
+    assert args.func(args) == 0
+
+
+def test_sharded_attack_merges_into_the_single_run(checkpoint, tmp_path, capsys):
+    """Shards at batch boundaries see the same seeded attacks as the whole run, so the merged
+    report equals the unsharded one point for point."""
+    from safetensors.torch import load_file
+
+    from robust_ebm.evaluation import merge_attack_runs
+
+    _attack_run(checkpoint, tmp_path / "all", "--n", "60")
+    _attack_run(checkpoint, tmp_path / "b", "--start", "40", "--n", "20")
+    _attack_run(checkpoint, tmp_path / "a", "--n", "40")
+    capsys.readouterr()
+    merged = merge_attack_runs([tmp_path / "b", tmp_path / "a"], tmp_path / "m")
+    whole = json.loads((tmp_path / "all" / "robustness.json").read_text())
+    assert merged["n"] == 60 and merged["start"] == 0 and merged["contiguous"]
+    assert merged["robust_accuracy"] == pytest.approx(whole["robust_accuracy"], abs=1e-6)
+    assert merged["clean_accuracy"] == pytest.approx(whole["clean_accuracy"], abs=1e-6)
+    assert merged["fooled_by"] == whole["fooled_by"]
+    for mine, ref in zip(merged["attacks"], whole["attacks"]):
+        assert (mine["name"], mine["attacked"], mine["fooled"]) == (ref["name"], ref["attacked"], ref["fooled"])
+        assert mine["robust_accuracy"] == pytest.approx(ref["robust_accuracy"], abs=1e-6)
+    a, b = load_file(str(tmp_path / "m/adversarial.safetensors")), load_file(str(tmp_path / "all/adversarial.safetensors"))
+    assert torch.equal(a["index"], torch.arange(60)) and torch.equal(a["robust"], b["robust"])
+    torch.testing.assert_close(a["x_adv"], b["x_adv"])
+
+
+def test_merge_refuses_overlaps_and_mixed_settings(checkpoint, tmp_path, capsys):
+    from robust_ebm.evaluation import merge_attack_runs
+
+    _attack_run(checkpoint, tmp_path / "a", "--n", "20")
+    _attack_run(checkpoint, tmp_path / "b", "--start", "10", "--n", "20")
+    _attack_run(checkpoint, tmp_path / "c", "--start", "20", "--n", "20", "--eps", "0.2")
+    with pytest.raises(UserError, match="overlap"):
+        merge_attack_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    with pytest.raises(UserError, match="eps"):
+        merge_attack_runs([tmp_path / "a", tmp_path / "c"], tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(UserError, match="past the end"):
+        _attack_run(checkpoint, tmp_path / "d", "--start", "100000")

@@ -21,6 +21,7 @@ from .common import (
     float_batch,
     load_model_and_split,
     nonnegative_float,
+    nonnegative_int,
     output_dir,
     positive_int,
     resolve_device,
@@ -37,7 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="a robust-ebm .safetensors checkpoint")
     add_common_args(p)
     p.add_argument("--split", choices=("train", "test"), default="test")
-    p.add_argument("--n", type=positive_int, default=1000, help="use the first N samples")
+    p.add_argument("--n", type=positive_int, default=1000, help="use N samples (the first N)")
+    p.add_argument(
+        "--start",
+        type=nonnegative_int,
+        default=0,
+        help="index of the first sample (default 0): with --n, samples [START, START+N); "
+        "shards of one evaluation can run apart and be merged with scripts/merge_attacks.py",
+    )
     p.add_argument(
         "--attacks",
         default="apgd_ce,apgd_t",
@@ -97,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
     attacks = _build_attacks(names, _hyperparameters(args))  # bad names fail before loading
     device = resolve_device(args.device)
     model, ds = load_model_and_split(args.checkpoint, args.dataset, args.split, args.data_dir,
-                                     args.n, device)
+                                     args.n, device, start=args.start)
     n = len(ds)
-    index = torch.arange(n)
+    index = torch.arange(args.start, args.start + n)
     x, y = float_batch(ds, device)
     out = output_dir(args, "attack")
     write_run_json(out, config_of(args), args.seed, device)
@@ -139,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(args.checkpoint),
         "dataset": args.dataset,
         "split": args.split,
+        "start": args.start,
         "eps": args.eps,
         "norm": args.norm,
         "attacks_requested": names,
@@ -146,6 +155,6 @@ def run(args: argparse.Namespace) -> int:
         "out": str(out),
     }
     atomic_write_json(out / "robustness.json", result)
-    text = f"{args.dataset}/{args.split} n={n} eps={args.eps:g} ({args.norm})\n" + report.table()
+    text = f"{args.dataset}/{args.split} [{args.start}, {args.start + n}) eps={args.eps:g} ({args.norm})\n" + report.table()
     emit(result, args.json, text + f"\nsaved to {out}")
     return 0

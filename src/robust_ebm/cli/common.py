@@ -14,14 +14,22 @@ import torch
 from ..errors import UserError
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}; got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def nonnegative_float(text: str) -> float:
@@ -99,8 +107,10 @@ def format_report(title: str, report: dict[str, Any]) -> str:
 def load_model_and_split(
     checkpoint: str, dataset: str, split: str, data_dir: str | None, n: int | None,
     device: torch.device, arch: str | None = None, num_classes: int | None = None,
+    start: int = 0,
 ) -> tuple[Any, Any]:
-    """Load a checkpoint (eval mode, on ``device``) and the first ``n`` samples of a split.
+    """Load a checkpoint (eval mode, on ``device``) and ``n`` samples of a split from index
+    ``start`` on (``n=None``: to the end).
 
     ``arch`` (with optional ``num_classes``, default the dataset's) opens a foreign state dict
     through :func:`robust_ebm.checkpoint.load_model`. Raises UserError when the channels or the
@@ -125,8 +135,14 @@ def load_model_and_split(
             f"{dataset} has {ds.num_classes} classes but the model predicts "
             f"{model.arch['num_classes']}; labels would be out of range"
         )
-    if n is not None and n < len(ds):
-        ds = ds.subset(torch.arange(n))
+    if start >= len(ds):
+        raise UserError(
+            f"--start {start} is past the end of {dataset}/{split} ({len(ds)} samples); "
+            f"use a start below {len(ds)}"
+        )
+    stop = len(ds) if n is None else min(start + n, len(ds))
+    if start > 0 or stop < len(ds):
+        ds = ds.subset(torch.arange(start, stop))
     return model.eval(), ds
 
 
