@@ -38,11 +38,14 @@ def test_mixed_precision_autocasts_inside_and_returns_float32_logits():
         logits = model(x)
     assert seen == [torch.bfloat16]  # the convolution ran in bf16
     assert logits.dtype == torch.float32  # the losses see float32 logits
-    handle.remove()
     assert not model._forward_hooks  # the cast hook is gone afterwards
     assert model(x).dtype == torch.float32
+    seen.clear()
     with mixed_precision(model, "fp32", torch.device("cpu")):
-        torch.testing.assert_close(model(x), model(x))
+        assert not model._forward_hooks  # fp32: no cast hook, no autocast
+        model(x)
+    assert seen == [torch.float32]
+    handle.remove()
 
 
 def test_bf16_and_channels_last_train_on_cpu(tmp_path, capsys):

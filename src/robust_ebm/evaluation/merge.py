@@ -1,8 +1,8 @@
 """Merge shards of one robustness evaluation (``robust-ebm attack --start S --n N``).
 
 A long evaluation (AutoAttack on 1000 Fashion-MNIST points took 45-62 minutes per robust
-small CNN on one CPU core, docs/results/training.md) can run as shards on several processes or machines, each a complete attack cascade on
-its own slice of the split. :func:`merge_attack_runs` checks that the shards attacked the same
+small CNN on one CPU core, docs/results/training.md) can run as shards on several processes
+or machines, each a complete attack cascade on its own slice of the split. :func:`merge_attack_runs` checks that the shards attacked the same
 checkpoint, data, budget and attacks on disjoint points, then writes the report the
 single run would have written: per-point tensors in index order and accuracies over the union.
 Random draws of a sharded run differ from an unsharded one; the budgets and attacks do not.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +39,27 @@ def evaluate_subsets(
 CSV_STATS = ("mean", "std", "q05", "q50", "q95")
 
 
+def eval_quantities(record: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """(split, quantity, value) for each evaluated quantity of one epoch record: value is a
+    summary dict (mean, std, quantiles) for energies and CE, a float for accuracies; the
+    sample count ``n`` is left out."""
+    for split, rep in record.get("eval", {}).items():
+        for key, val in rep.items():
+            if key != "n":
+                yield split, key, val
+
+
 def write_csv(path: str | os.PathLike[str], history: list[dict[str, Any]]) -> Path:
     """One row per (epoch, split, quantity) with mean/std/quantiles; accuracies as 'mean'."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["epoch", "split", "quantity", *CSV_STATS])
     for rec in history:
-        for split, rep in rec.get("eval", {}).items():
-            for key, val in rep.items():
-                if isinstance(val, dict):
-                    w.writerow([rec["epoch"], split, key, *(f"{val[s]:.6g}" for s in CSV_STATS)])
-                elif key != "n":
-                    w.writerow([rec["epoch"], split, key, f"{val:.6g}", "", "", "", ""])
+        for split, key, val in eval_quantities(rec):
+            if isinstance(val, dict):
+                w.writerow([rec["epoch"], split, key, *(f"{val[s]:.6g}" for s in CSV_STATS)])
+            else:
+                w.writerow([rec["epoch"], split, key, f"{val:.6g}", "", "", "", ""])
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -129,13 +139,12 @@ class TensorBoardLog:
             add(f"train/{key}", val, step)
         if "lr" in record:
             add("lr", record["lr"], step)
-        for split, rep in record.get("eval", {}).items():
-            for key, val in rep.items():
-                if isinstance(val, dict):
-                    add(f"{split}/{key}_mean", val["mean"], step)
-                    add(f"{split}/{key}_std", val["std"], step)
-                elif key != "n":
-                    add(f"{split}/{key}", val, step)
+        for split, key, val in eval_quantities(record):
+            if isinstance(val, dict):
+                add(f"{split}/{key}_mean", val["mean"], step)
+                add(f"{split}/{key}_std", val["std"], step)
+            else:
+                add(f"{split}/{key}", val, step)
         self.writer.flush()
 
     def close(self) -> None:
