@@ -26,6 +26,7 @@ from .common import (
     positive_int,
     resolve_device,
 )
+from .scale_args import add_fast_args, eval_device, fast_model, is_main
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run the gradient-masking sanity checks (on up to 200 points)",
     )
+    add_fast_args(p)
     p.set_defaults(func=run)
 
 
@@ -96,23 +98,29 @@ def _build_attacks(names: list[str], hp: dict[str, Any]) -> list[tuple[str, Any]
 def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from ..evaluation import evaluate_robustness, sanity_checks
+    from ..evaluation import sanity_checks
+    from ..evaluation.sharded import sharded_robustness
     from ..provenance import write_run_json
 
     names = [a.strip() for a in str(args.attacks).split(",") if a.strip()]
     if not names:
         raise UserError("--attacks is empty; give e.g. --attacks pgd,apgd_ce")
     attacks = _build_attacks(names, _hyperparameters(args))  # bad names fail before loading
-    device = resolve_device(args.device)
+    device = eval_device(resolve_device(args.device))  # under torchrun: this rank's GPU
     model, ds = load_model_and_split(args.checkpoint, args.dataset, args.split, args.data_dir,
                                      args.n, device, start=args.start)
+    model = fast_model(model, args)
     n = len(ds)
     index = torch.arange(args.start, args.start + n)
     x, y = float_batch(ds, device)
+    if not is_main():  # torchrun: rank 0 writes; this rank computes its shard only
+        sharded_robustness(model, (x, y), attacks, batch_size=args.batch_size)
+        return 0
     out = output_dir(args, "attack")
     write_run_json(out, config_of(args), args.seed, device)
 
-    report = evaluate_robustness(model, (x, y), attacks, batch_size=args.batch_size)
+    report = sharded_robustness(model, (x, y), attacks, batch_size=args.batch_size)
+    assert report is not None  # rank 0 (or the one process) holds the merged report
     if args.sanity:
         m = min(200, n)
         report.sanity = sanity_checks(

@@ -27,6 +27,7 @@ from .common import (
     positive_int,
     resolve_device,
 )
+from .scale_args import add_fast_args, eval_device, fast_model, is_main
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +59,7 @@ def parse_floats(text: str, flag: str) -> list[float]:
 def load_model_and_data(args: argparse.Namespace, split: str | None = None) -> tuple[nn.Module, Any]:
     """The model (eval mode, on the device) and the whole dataset split, checked to fit."""
     return load_model_and_split(args.checkpoint, args.dataset, split or args.split,
-                                args.data_dir, None, resolve_device(args.device), args.arch,
+                                args.data_dir, None, eval_device(resolve_device(args.device)), args.arch,
                                 args.num_classes)
 
 
@@ -87,11 +88,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-sweep", action="store_true", help="skip the PGD steps/eps sweep")
     p.add_argument("--sweep-steps", default="1,2,5,10,20,50")
     p.add_argument("--sweep-eps", default="0.25,0.5,1,1.5,2", help="multiples of --eps")
+    add_fast_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis import analyze_energy, default_attacks, sweep_pgd
+    from ..analysis import default_attacks, sweep_pgd
+    from ..evaluation.sharded import sharded_energy
     from ..io import atomic_write_json, atomic_write_text
     from ..provenance import write_run_json
     from ..reports import energy_section, plot_energy_histograms, plot_sweep, sweep_section
@@ -108,11 +111,15 @@ def run(args: argparse.Namespace) -> int:
                                      args.he_gamma, args.square_queries)
     model, ds = load_model_and_data(args)
     device = next(model.parameters()).device
+    model = fast_model(model, args)
     x, y = float_batch(ds.subset(torch.arange(min(args.n, len(ds)))), device)
+    if not is_main():  # torchrun: rank 0 writes (and runs the sweep); this rank: its shard
+        sharded_energy(model, x, y, attacks, args.batch_size)
+        return 0
     out = output_dir(args, "energy")
     write_run_json(out, config_of(args), args.seed, device)
     log = None if args.json else (lambda s: print(f"  {s}", flush=True))
-    analysis = analyze_energy(model, x, y, attacks, args.batch_size, log=log)
+    analysis = sharded_energy(model, x, y, attacks, args.batch_size, log=log)
     analysis.notes.extend(notes)
     result: dict[str, Any] = analysis.to_dict() | {
         "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,

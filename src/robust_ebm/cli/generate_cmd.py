@@ -35,6 +35,7 @@ from torch import Tensor
 from ..checkpoint import load_model, read_metadata
 from ..data import load_dataset
 from ..errors import UserError
+from ..evaluation.sharded import sharded_generation
 from ..generation_metrics import ClassifierFeatures, generation_metrics
 from ..io import atomic_write, atomic_write_json
 from ..provenance import write_run_json
@@ -45,7 +46,6 @@ from ..sampling import (
     ClassPCAInit,
     NoiseInjectionInit,
     UniformInit,
-    generate,
     save_grid,
 )
 from .common import (
@@ -57,6 +57,7 @@ from .common import (
     positive_int,
     resolve_device,
 )
+from .scale_args import add_fast_args, eval_device, fast_model, is_main
 
 INITS = ("pca", "gaussian", "uniform", "noise")
 
@@ -114,6 +115,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--real-n", type=int, default=10000,
                    help="real TRAIN images for the metrics, seeded random subset (0: all)")
     p.add_argument("--grid-cols", type=positive_int, default=10, help="images per grid row")
+    add_fast_args(p)
     p.set_defaults(func=run)
 
 
@@ -258,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be >= 0; got {args.steps}")
     if args.real_n < 0:
         raise UserError(f"--real-n must be >= 0; got {args.real_n}")
-    device = resolve_device(args.device)
+    device = eval_device(resolve_device(args.device))  # under torchrun: this rank's GPU
     model = load_model(args.checkpoint, map_location=device)
     model_sha = file_sha256(args.checkpoint)
     train_ds = load_dataset(args.dataset, "train", args.data_dir)
@@ -284,13 +286,18 @@ def run(args: argparse.Namespace) -> int:
         feature_net = ClassifierFeatures(feat_model)
         feature_name = describe_features(args.features, feat_sha)
 
-    out = output_dir(args, "generate")
-    write_run_json(out, config_of(args), args.seed, device)
     init, init_note = build_init(args, train_ds.images, train_ds.labels, train_ds.name)
     sampler = SGLD(step_size=args.step_size, momentum=args.momentum, noise_std=args.noise_std,
                    steps=args.steps, energy=args.energy)
-    gen = generate(model, init, sampler, classes, args.n_per_class, args.batch_size, args.seed)
-    assert gen.x0 is not None
+    chains = (fast_model(model, args), init, sampler, classes, args.n_per_class, args.batch_size,
+              args.seed)
+    if not is_main():  # torchrun: rank 0 writes; this rank samples its shard of the chains
+        sharded_generation(*chains)
+        return 0
+    out = output_dir(args, "generate")
+    write_run_json(out, config_of(args), args.seed, device)
+    gen = sharded_generation(*chains)
+    assert gen is not None and gen.x0 is not None
 
     names = CLASS_NAMES.get(train_ds.name)
     ckpt_meta = read_metadata(args.checkpoint) if str(args.checkpoint).endswith(

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..distributed_eval import ShardError
 from ..errors import TrainingDivergedError, UserError
 
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"robust-ebm: error: {exc}", file=sys.stderr)
         return 2
-    except TrainingDivergedError as exc:
+    except (TrainingDivergedError, ShardError) as exc:
         print(f"robust-ebm: error: {exc}", file=sys.stderr)
         return 1
     except FileNotFoundError as exc:

@@ -1,0 +1,41 @@
+"""Flags shared by the evaluation commands for speed and scale (docs/scale.md).
+
+``--precision bf16``, ``--channels-last`` and ``--compile`` wrap the loaded model with
+:func:`robust_ebm.fastpath.wrap_model`; :func:`eval_device` gives each torchrun rank its own
+GPU; :func:`is_main` tells the rank that writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from ..distributed_eval import rank_device, world
+from ..fastpath import PRECISIONS, wrap_model
+
+
+def add_fast_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: autocast with float32 logits and losses (default fp32)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory order (faster convolutions on tensor-core GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (the first batch of each shape compiles)")
+
+
+def fast_model(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+    """The model behind the flags of :func:`add_fast_args` (itself when none is set)."""
+    return wrap_model(model, precision=args.precision, channels_last=args.channels_last,
+                      compile=args.compile)
+
+
+def eval_device(device: torch.device) -> torch.device:
+    """``cuda:LOCAL_RANK`` under torchrun on CUDA, else ``device``."""
+    return rank_device(device)
+
+
+def is_main() -> bool:
+    """True on torchrun's rank 0 and in a one-process run: the process that writes."""
+    return world()[0] == 0
