@@ -46,6 +46,7 @@ _FLAGS = {
     "eval_n": ("train", "eval_n"), "energy_n": ("train", "energy_n"),
     "save_every": ("train", "save_every"), "deterministic": ("train", "deterministic"),
     "precision": ("train", "precision"), "channels_last": ("train", "channels_last"),
+    "compile": ("train", "compile"),
     "tensorboard": ("train", "tensorboard"),
 }
 
@@ -93,6 +94,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="autocast for training steps: bf16, or fp16 on CUDA (default fp32)")
     p.add_argument("--channels-last", action="store_const", const=True, default=None,
                    help="NHWC memory order for weights and batches (faster convolutions on GPUs)")
+    p.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the model for the training steps (fp32 or bf16)")
     p.add_argument("--tensorboard", action="store_const", const=True, default=None,
                    help="also write per-epoch scalars to OUT/tensorboard (needs tensorboard)")
 

@@ -31,6 +31,7 @@ from ..checkpoint import save_model
 from ..data import Augment, ImageDataset, TensorLoader
 from ..data.loader import derive_seed
 from ..errors import TrainingDivergedError, UserError
+from ..fastpath import wrap_model
 from ..io import atomic_write_text
 from ..progress import Progress
 from . import dist
@@ -59,7 +60,9 @@ class TrainConfig:
     GPU options: ``precision`` 'bf16' or 'fp16' runs each training step (inner attack
     included) under autocast, with the logits cast back to float32 before any loss or energy
     is computed; 'fp16' needs CUDA and uses dynamic loss scaling. ``channels_last`` stores
-    weights and batches in NHWC memory order. The per-epoch evaluation always runs in float32.
+    weights and batches in NHWC memory order. ``compile`` runs the training steps (inner attack
+    included) through ``torch.compile`` (:func:`robust_ebm.fastpath.wrap_model`; fp32 or bf16).
+    The per-epoch evaluation always runs in float32, uncompiled.
     ``tensorboard`` also writes the per-epoch record to ``<out>/tensorboard``.
     """
 
@@ -86,6 +89,7 @@ class TrainConfig:
     limit_train_batches: int | None = None
     precision: str = "fp32"  # 'fp32', 'bf16' or 'fp16' (CUDA only)
     channels_last: bool = False
+    compile: bool = False  # torch.compile the model for the training steps (fp32 or bf16)
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
@@ -169,6 +173,8 @@ def mixed_precision(model: nn.Module, precision: str, device: torch.device) -> I
 
 def check_device_options(cfg: TrainConfig, device: torch.device) -> None:
     """Raise UserError for options the device cannot run."""
+    if cfg.compile and cfg.precision == "fp16":
+        raise UserError("--compile runs fp32 or bf16; use --precision bf16 with --compile")
     if cfg.precision == "fp16" and device.type != "cuda":
         raise UserError(
             f"precision 'fp16' needs a CUDA device (it relies on loss scaling); on {device.type} "
@@ -247,7 +253,10 @@ def train(
         state = load_state(out / STATE_FILE, model, opt, sched, config, scaler,
                            defaults={"train": asdict(TrainConfig())})
         log(f"resuming at epoch {state.epoch + 1}, batch {state.batch}")
-    ddp_model = dist.wrap(model, info, device)
+    # --compile: autocast moves inside the compiled module (a per-step hook would recompile)
+    fast = wrap_model(model, precision=cfg.precision, compile=True) if cfg.compile else model
+    step_precision = "fp32" if cfg.compile else cfg.precision
+    ddp_model = dist.wrap(fast, info, device)
     subsets = _fixed_subsets(cfg, train_set, val_set, test_set)
     attack = cfg.eval_attack()
     meta = dict(metadata or {})
@@ -269,7 +278,7 @@ def train(
                 torch.manual_seed(derive_seed(cfg.seed, epoch, i, info.rank))
                 if cfg.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with mixed_precision(model, cfg.precision, device):
+                with mixed_precision(model, step_precision, device):
                     loss, logs = objective(ddp_model, x, y)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(
