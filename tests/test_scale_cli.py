@@ -1,5 +1,6 @@
-"""``torchrun --nproc_per_node=2`` (gloo, CPU) ``attack``, ``energy`` and ``generate`` write
-what one process writes: the same adversarial examples, tables and samples."""
+"""``torchrun --nproc_per_node=2`` (gloo, CPU) ``attack``, ``energy``, ``generate`` and
+``detect evaluate`` write what one process writes: the same adversarial examples, tables and
+samples."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMES = {"seconds", "out"}  # wall times and output paths differ between runs
 
 
-def _commands(npz: Path, ckpt: Path, out: Path) -> list[list[str]]:
+def _commands(npz: Path, ckpt: Path, out: Path, detector: Path) -> list[list[str]]:
     common = ["--checkpoint", str(ckpt), "--dataset", str(npz), "--device", "cpu", "--json"]
     return [
+        ["detect", "evaluate", *common, "--detector", str(detector), "--n", "30",
+         "--attacks", "fgsm,pgd", "--steps", "2", "--he-gammas", "0", "--no-adaptive",
+         "--batch-size", "4", "--out", str(out / "detect")],
         ["attack", *common, "--eps", "0.05", "--steps", "3", "--n", "30", "--batch-size", "4",
          "--attacks", "pgd,apgd_ce", "--out", str(out / "attack")],
         ["energy", *common, "--eps", "0.05", "--steps", "2", "--n", "30", "--batch-size", "4",
@@ -56,19 +60,23 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("small_cnn", num_classes=2, in_channels=1)
     ckpt = save_model(root / "model.safetensors", model, dataset="tiny")
-    return root, npz, ckpt
+    code = main(["detect", "calibrate", "--checkpoint", str(ckpt), "--dataset", str(npz),
+                 "--cal-split", "train", "--n", "40", "--eps", "0.1", "--steps", "2",
+                 "--device", "cpu", "--out", str(root / "cal")])
+    assert code == 0
+    return root, npz, ckpt, root / "cal" / "detector.json"
 
 
 def test_torchrun_attack_energy_generate_equal_one_process(setup, capsys):
-    root, npz, ckpt = setup
-    for argv in _commands(npz, ckpt, root / "one"):
+    root, npz, ckpt, detector = setup
+    for argv in _commands(npz, ckpt, root / "one", detector):
         assert main(argv) == 0, capsys.readouterr().err
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1",
            "XDG_CACHE_HOME": str(root / "cache")}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "tests" / "sharded_cli_driver.py"),
-         json.dumps(_commands(npz, ckpt, root / "two"))],
+         json.dumps(_commands(npz, ckpt, root / "two", detector))],
         env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = root / "one", root / "two"
@@ -86,3 +94,5 @@ def test_torchrun_attack_energy_generate_equal_one_process(setup, capsys):
     for k in s1.files:
         assert np.array_equal(s1[k], s2[k]), k
     assert _json(one / "generate" / "energy.json") == _json(two / "generate" / "energy.json")
+    det = _json(one / "detect" / "detection.json")
+    assert det == _json(two / "detect" / "detection.json") and det["n"] == 30

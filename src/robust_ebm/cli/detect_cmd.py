@@ -29,6 +29,7 @@ from .common import (
     positive_int,
 )
 from .energy_cmd import add_model_args, load_model_and_data, parse_floats, parse_names
+from .scale_args import is_main
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -186,7 +187,7 @@ def _check_disjoint(info: dict[str, Any], dataset: str, split: str) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..analysis import analyze_energy, default_attacks
+    from ..analysis import default_attacks
     from ..detection import (
         EnergyDetector,
         adaptive_attacks,
@@ -195,6 +196,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         he_gamma_study,
         search_he_gamma,
     )
+    from ..evaluation.sharded import sharded_energy
     from ..io import atomic_write_json, atomic_write_text
     from ..provenance import write_run_json
     from ..reports import detection_section, he_study_section, plot_he_study, plot_roc
@@ -216,8 +218,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model, ds = load_model_and_data(args)
     device = next(model.parameters()).device
     x, y = float_batch(ds.subset(torch.arange(min(args.n, len(ds)))), device)
-    out = output_dir(args, "detect-evaluate")
-    write_run_json(out, config_of(args), args.seed, device)
+    main = is_main()  # torchrun: every rank attacks its shard; rank 0 writes
+    out = output_dir(args, "detect-evaluate") if main else Path()
+    if main:
+        write_run_json(out, config_of(args), args.seed, device)
     extra: dict[str, Any] = {}
     if not args.no_adaptive:
         gamma, trace = None, []
@@ -235,7 +239,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         attacks |= adaptive_attacks(det, pgd_hp, gamma, lam=args.lam)
     attacks |= he_attacks(gammas, pgd_hp)
     log = None if args.json else (lambda s: print(f"  {s}", flush=True))
-    analysis = analyze_energy(model, x, y, attacks, args.batch_size, log=log)
+    analysis = sharded_energy(model, x, y, attacks, args.batch_size, log=log if main else None)
+    if analysis is None:
+        return 0
     rows = evaluate_detector(det, analysis)
     study = he_gamma_study(analysis, det, gammas) if gammas else []
     energy = {k: {"accuracy_adv": r["accuracy_adv"], "dE_x_mean": r["dE_x"]["mean"],
