@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 14): run from the repository root on a machine with one GPU,
 #
-#     bash scripts/gpu_check.sh            # about 5-7 minutes on one modern GPU
+#     bash scripts/gpu_check.sh            # 8 minutes at most (tests 2, measurements 5.7)
 #     bash scripts/gpu_check.sh --smoke    # seconds on a CPU: checks the script itself
 #
 # 1. runs the `gpu` pytest marker (tests that need CUDA);
@@ -55,14 +55,14 @@ echo "== gpu_check: $("$PY" -c 'import sys, torch; print(sys.executable, torch._
 
 # 1. the gpu marker (CUDA tests skip themselves without a GPU)
 # shellcheck disable=SC2086
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu ${GPU_CHECK_TESTS:-tests} 2>&1 | tee "$log"
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu ${GPU_CHECK_TESTS:-tests} 2>&1 | tee "$log"
 test_rc=${PIPESTATUS[0]}
 summary=$(grep -E "passed|failed|skipped|error|deselected|no tests ran" "$log" | tail -n 1)
-[ "$test_rc" = 124 ] && summary="timed out after 150 s ($summary)"
+[ "$test_rc" = 124 ] && summary="timed out after 120 s ($summary)"
 summary="${summary//|//} (exit $test_rc)"
 
 # 2. the measurements; the block is rewritten after each section, so a timeout keeps the rest
-timeout 420 "$PY" benchmarks/gpu_check.py --md "$md" --pytest-summary "$summary" "$@" >/dev/null
+timeout 340 "$PY" benchmarks/gpu_check.py --md "$md" --pytest-summary "$summary" "$@" >/dev/null
 bench_rc=$?
 echo
 echo "<!-- gpu_check.sh: pytest exit $test_rc, benchmark exit $bench_rc -->"
