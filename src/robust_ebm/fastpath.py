@@ -24,6 +24,8 @@ cascade), and every new batch shape records a new graph, so they help only fixed
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -95,11 +97,11 @@ def wrap_model(
         raise UserError("compile_mode and compile_backend need compile=True (--compile)")
     out: nn.Module = model
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if precision != "fp32" or channels_last:
         out = FastModel(model, precision, channels_last)
     if compile:
-        out = torch.compile(out, mode=compile_mode, backend=compile_backend)
+        out = cast(nn.Module, torch.compile(out, mode=compile_mode, backend=compile_backend))
     return out
 
 

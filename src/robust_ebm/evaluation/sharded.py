@@ -114,7 +114,7 @@ def sharded_generation(model: nn.Module, init: Any, sampler: Any, classes: Seque
 
     def merge(parts: list[Generation | None]) -> Generation:
         done = [p for p in parts if p is not None]
-        x0 = [p.x0 for p in done]
+        x0 = [p.x0 for p in done if p.x0 is not None]
         return dataclasses.replace(
             done[0], x=torch.cat([p.x for p in done]), y=torch.cat([p.y for p in done]),
             energy_trajectory=torch.cat([p.energy_trajectory for p in done], dim=1),
