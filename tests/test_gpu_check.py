@@ -31,6 +31,8 @@ def test_gpu_check_script_smoke_on_cpu(tmp_path):
         cells = [c.strip() for c in r.split("|")[1:-1]]
         assert float(cells[4]) > 0  # images/s
     assert all(float(r.split("|")[2]) > 0 for r in train.values())  # ms/step
+    assert "Measured epoch (fp32, end to end, first step included): **" in md
+    assert "for 24 images (3 steps)" in md
 
 
 def test_gpu_check_refuses_to_run_without_cuda_unless_smoke():
