@@ -1,6 +1,6 @@
 """``robust-ebm generate``: class-conditional samples from a classifier read as an EBM.
 
-SGLD with momentum on the joint energy E(x, y) from a chosen initialisation (SPEC.md Sec. 6;
+SGLD with momentum on the joint energy E(x, y) from a chosen initialisation (docs/science.md#sgld;
 Beadini & Masi, arXiv 2304.04033). Writes to ``--out``:
 
 * ``grid.png`` (final samples) and ``grid_x0.png`` (starting points), one row per class;
