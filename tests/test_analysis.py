@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_analysis_fixtures import digits_mlp, digits_test
 
 from robust_ebm.analysis import (
     RandomNoise,
@@ -27,12 +26,12 @@ from robust_ebm.energy import free_energy
 
 
 @pytest.fixture(scope="module")
-def model():
-    return digits_mlp()
+def model(digits_mlp):
+    return digits_mlp
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(digits_test):
     return digits_test()
 
 

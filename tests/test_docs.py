@@ -1,7 +1,10 @@
 """Every ``docs/<page>.md#anchor`` the code, tests, configs and docs cite names a real heading,
 and nothing cites a file outside the repository."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,27 @@ def test_no_citation_of_files_outside_the_repository():
     bad = [str(f.relative_to(ROOT)) for f in SOURCES if f != Path(__file__)
            and re.search(r"SPEC(\.md| §)|\.\./shared", f.read_text(encoding="utf-8"))]
     assert not bad, f"these files cite notes outside the repository: {bad}"
+
+
+def test_architecture_snippets_run(tmp_path):
+    """The 'Adding things' snippets of docs/architecture.md run as written, in a fresh process
+    (their registrations must not leak into the registries other tests enumerate)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 4, "expected snippets for an attack, an objective, a model, an init"
+    checks = """
+import torch
+x = torch.rand(6, 1, 8, 8); y = torch.arange(6) % 10
+x_adv = attack(model, x, y)
+assert ((x_adv - x).abs().max() <= 0.1 + 1e-6) and x_adv.min() >= 0 and x_adv.max() <= 1
+loss, logs = objective(model, x, y)
+assert loss.dim() == 0 and torch.isfinite(loss)
+assert gen.x.shape == (4, 1, 8, 8) and gen.y.tolist() == [0, 0, 1, 1]
+print("ok")
+"""
+    script = tmp_path / "snippets.py"
+    script.write_text("\n".join(blocks) + checks)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
