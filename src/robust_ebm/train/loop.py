@@ -223,7 +223,8 @@ def train(
     torch.manual_seed(cfg.seed)
     model.to(device)
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+        # torch accepts memory_format here at run time; its typed overloads of Module.to omit it
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     loader = TensorLoader(
         train_set, cfg.batch_size // info.world_size, shuffle=True, seed=cfg.seed,
         augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip), drop_last=True,
