@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +13,11 @@ from robust_ebm.attacks import make_attack
 from robust_ebm.errors import UserError
 from robust_ebm.evaluation import evaluate_robustness, sanity_checks, zero_gradient_share
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_attacks_fixtures import digits_data, digits_model
-
 
 @pytest.fixture(scope="module")
-def digits():
-    x, y = digits_data()
-    return digits_model(), x[:200], y[:200]
+def digits(digits_data, digits_model):
+    x, y = digits_data
+    return digits_model, x[:200], y[:200]
 
 
 def _acc(model, x, y):
@@ -144,11 +139,11 @@ def _parse(argv):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, digits_data):
     from robust_ebm.checkpoint import save_model
     from robust_ebm.models import create_model
 
-    x, y = digits_data()
+    x, y = digits_data
     torch.manual_seed(0)
     model = create_model("small_cnn", num_classes=10, in_channels=1)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

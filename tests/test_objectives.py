@@ -1,4 +1,4 @@
-"""Training losses and objectives (SPEC §5): identities, gradients, a short run."""
+"""Training losses and objectives (docs/science.md#training-objectives): identities, gradients, a short run."""
 
 import pytest
 import torch

@@ -134,7 +134,7 @@ def joint_energy_loss(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def he_loss(logits: Tensor, y: Tensor, gamma: float = 1.5) -> Tensor:
-    """High-Energy PGD objective J = CE(x', y) + gamma * E(x') (Mirza et al., arXiv 2407.06315).
+    """High-Energy PGD objective J = CE(x', y) + gamma * E(x') (Beadini & Masi, arXiv 2304.04033).
 
     J = E(x',y) - (1 - gamma) E(x'): gamma=0 is PGD-CE, gamma=1 lowers only the true logit,
     gamma > 1 also raises E(x') (so the attack evades energy-based detectors).

@@ -5,7 +5,7 @@ attacks, :func:`analyze_energy` runs ONE forward pass on each clean batch and ON
 batch and keeps the logits (N, K); every energy, prediction and success flag is derived from
 those logits, so no extra passes are spent (and the detector can re-read them at any T).
 
-The papers' findings this reproduces (SPEC §2): untargeted CE-type attacks lower E(x) and raise
+The papers' findings this reproduces (docs/science.md#energy-under-attack): untargeted CE-type attacks lower E(x) and raise
 E(x, y_true); targeted / margin attacks and Square move E(x) to or above clean; random noise of
 the same norm leaves E(x) unchanged (:class:`RandomNoise`, the control).
 """

@@ -88,7 +88,7 @@ class L2:
         return delta.flatten(1).norm(dim=1)
 
 
-GEOMETRIES = {"linf": Linf(), "l2": L2()}
+GEOMETRIES: dict[str, Linf | L2] = {"linf": Linf(), "l2": L2()}
 
 
 def get_geometry(norm: str) -> Linf | L2:

@@ -1,7 +1,7 @@
 """The one gradient loop: projected gradient ascent on any per-sample loss of the logits.
 
 PGD (Madry et al. 2018, arXiv 1706.06083) is the engine; FGSM, CW-margin PGD, TRADES-KL PGD,
-energy attacks and HE-PGD (Mirza et al. 2024, arXiv 2407.06315) are the same loop with another
+energy attacks and HE-PGD (Beadini & Masi 2023, arXiv 2304.04033) are the same loop with another
 loss or start. The loop is geometry-agnostic (:mod:`robust_ebm.attacks.geometry`).
 """
 

@@ -220,7 +220,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     write_run_json(out, config_of(args), args.seed, device)
     extra: dict[str, Any] = {}
     if not args.no_adaptive:
-        gamma, trace = None, []
+        gamma: float | None = None
+        trace: list[Any] = []
         src = info.get("source")
         if src:
             cal_args = argparse.Namespace(**vars(args))

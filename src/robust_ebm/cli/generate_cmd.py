@@ -1,6 +1,6 @@
 """``robust-ebm generate``: class-conditional samples from a classifier read as an EBM.
 
-SGLD with momentum on the joint energy E(x, y) from a chosen initialisation (SPEC.md Sec. 6;
+SGLD with momentum on the joint energy E(x, y) from a chosen initialisation (docs/science.md#sgld;
 Beadini & Masi, arXiv 2304.04033). Writes to ``--out``:
 
 * ``grid.png`` (final samples) and ``grid_x0.png`` (starting points), one row per class;
@@ -164,15 +164,16 @@ def default_stats_dir() -> Path:
 def build_init(args: argparse.Namespace, train_images: Tensor, train_labels: Tensor,
                dataset_name: str) -> tuple[Any, dict[str, Any]]:
     """The initialiser and a note on where its statistics came from."""
-    shape = tuple(int(s) for s in train_images.shape[1:])
+    c, h, w = (int(s) for s in train_images.shape[1:])
     if args.init == "uniform":
-        return UniformInit(shape), {}
+        return UniformInit((c, h, w)), {}
     if args.init == "noise":
         return NoiseInjectionInit(args.noise_init_std).fit(train_images, train_labels), {}
     if args.init == "pca":
         if not 0 < args.pca_variance <= 1:
             raise UserError(f"--pca-variance must be in (0, 1] (a share); got {args.pca_variance}")
-        cls, kwargs = ClassPCAInit, {"variance": args.pca_variance, "sigma": args.pca_sigma}
+        cls: type[ClassPCAInit] | type[ClassGaussianInit] = ClassPCAInit
+        kwargs: dict[str, Any] = {"variance": args.pca_variance, "sigma": args.pca_sigma}
     else:
         cls, kwargs = ClassGaussianInit, {}
     key = hashlib.sha256(json.dumps(cls(**kwargs).config(), sort_keys=True).encode()).hexdigest()
@@ -198,7 +199,8 @@ def to_uint8(x: Tensor) -> np.ndarray:
 def save_npz(path: Path, **arrays: np.ndarray) -> Path:
     def write(tmp: str) -> None:
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        # numpy's stub types **kwds against its allow_pickle: bool keyword; our keys are names
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
         with open(tmp, "wb") as fh:
             fh.write(buf.getvalue())
 

@@ -70,7 +70,7 @@ class DatasetInfo:
         raise KeyError(filename)
 
 
-_IDX_NAMES = {
+_IDX_NAMES: dict[str, tuple[str, ...]] = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }

@@ -186,7 +186,7 @@ def dataset_status(name: str, data_dir: str | Path | None = None) -> dict[str, A
     """
     info = get_info(name)
     dirs = candidate_dirs(info.name, data_dir)
-    splits = {}
+    splits: dict[str, dict[str, Any]] = {}
     for split in info.splits:
         paths = find_split(info.name, split, data_dir)
         splits[split] = {"found": paths is not None, "paths": [str(p) for p in paths or []]}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib
 import io
 import pickle
 import tarfile
@@ -106,9 +107,10 @@ def read_idx_split(images_path: str | Path, labels_path: str | Path) -> Pair:
 # -------------------------------------------------------------------------------------- pickle
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     try:  # numpy >= 2 moved the module; pickles name either spelling of the same function
-        from numpy._core.multiarray import _reconstruct
+        multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    _reconstruct = multiarray._reconstruct
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -152,7 +154,7 @@ def restricted_unpickle(data: bytes, source: str = "<bytes>") -> Any:
 
 
 # --------------------------------------------------------------------------------------- CIFAR
-_CIFAR = {
+_CIFAR: dict[str, tuple[str, dict[str, tuple[str, ...]], bytes]] = {
     # variant: (folder inside the archive, {split: member names}, label key)
     "cifar10": (
         "cifar-10-batches-py",

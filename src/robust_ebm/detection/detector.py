@@ -1,8 +1,8 @@
 """The energy detector: flag an input as adversarial from its temperature-scaled free energy.
 
-Mirza et al., ECCV 2024 (arXiv 2407.06315), Sec. 5: score = E_T(x) = -T logsumexp(f(x)/T) of the
-attacked classifier; an input is flagged when E_T(x) <= tau (``direction='below'``: untargeted
-attacks push energy down). T and tau are calibrated on held-out data attacked with the budget the
+Beadini & Masi (arXiv 2304.04033; docs/science.md#energy-detector): score = E_T(x) =
+-T logsumexp(f(x)/T) of the attacked classifier; an input is flagged when E_T(x) <= tau
+(``direction='below'``: untargeted attacks push energy down). T and tau are calibrated on held-out data attacked with the budget the
 detector should catch: AUROC per T over a grid, best T kept, tau = Youden-J threshold.
 
 ``direction='above'`` flags E_T(x) >= tau instead, for models whose adversarial energies lie

@@ -1,8 +1,9 @@
 """Calibrating and evaluating the energy detector, adaptive attackers and the HE-PGD study.
 
-Mirza et al., ECCV 2024 (arXiv 2407.06315): the detector flags E_T(x) <= tau; HE-PGD
-(ascend CE + gamma E(x)) keeps E(x*) near clean energy and should make it fail (TPR near FPR).
-Two adaptive attackers that know the detector [choice, SPEC §4]:
+Beadini & Masi (arXiv 2304.04033; docs/science.md#energy-detector): the detector flags
+E_T(x) <= tau; HE-PGD (ascend CE + gamma E(x)) keeps E(x*) near clean energy and should make it
+fail (TPR near FPR).
+Two adaptive attackers that know the detector [our choice, docs/science.md#adaptive-attackers]:
 
 * ``he_adaptive``: HE-PGD with gamma searched on the CALIBRATION split so that mean E_T(x*)
   lands at the clean mean E_T (:func:`search_he_gamma`);

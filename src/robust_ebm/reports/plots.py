@@ -90,7 +90,8 @@ def plot_sweep(sweep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def plot_roc(
-    curves: Mapping[str, tuple[Sequence[float], Sequence[float], float | None]],
+    curves: Mapping[str, tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray,
+                               float | None]],
     path: str | os.PathLike[str], title: str = "energy detector ROC",
     point: tuple[float, float] | None = None,
 ) -> Path:

@@ -157,7 +157,8 @@ def _prepare(model: nn.Module, cfg: TrainConfig, info: dist.DistInfo, device: to
     torch.manual_seed(cfg.seed)
     model.to(device)
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+        # torch accepts memory_format here at run time; its typed overloads of Module.to omit it
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 class _Loop:
