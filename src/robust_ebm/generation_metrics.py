@@ -36,6 +36,7 @@ from .evaluation.batched import map_batches
 __all__ = [
     "ClassifierFeatures",
     "InceptionFeatures",
+    "describe_feature_network",
     "extract_features",
     "extract_features_and_logits",
     "feature_statistics",
@@ -318,3 +319,39 @@ class InceptionFeatures(nn.Module):
         x = x.clamp(0, 1) * (255.0 / 128.0) - 1.0
         f = self.net(x)
         return f.flatten(2).mean(2) if f.dim() > 2 else f
+
+
+def describe_feature_network(path: str | os.PathLike[str], sha256: str) -> str:
+    """A name that identifies a feature network checkpoint, e.g. ``small_cnn-h256 standard
+    fashion_mnist (runs/features/fashion_mnist/model.safetensors, sha256 1a2b3c4d5e6f)``; every
+    FID/KID/IS number carries it."""
+    from .checkpoint import read_metadata
+
+    meta = read_metadata(path)
+    arch = meta.get("arch", {})
+    kw = arch.get("kwargs", {}) or {}
+    name = str(arch.get("name", "?")) + (f"-h{kw['hidden']}" if "hidden" in kw else "")
+    return (f"{name} {meta.get('objective', '?')} {meta.get('dataset', '?')} "
+            f"({path}, sha256 {sha256[:12]})")
+
+
+def load_feature_network(
+    path: str | os.PathLike[str], model_sha256: str, in_channels: int, device: torch.device
+) -> tuple[ClassifierFeatures, str]:
+    """The feature network of the metrics and its name (:func:`describe_feature_network`).
+
+    Raises UserError when it is the model under test (same file hash ``model_sha256``) or reads
+    another number of channels than ``in_channels``.
+    """
+    from .checkpoint import load_model
+    from .io import file_sha256
+
+    sha = file_sha256(path)
+    if sha == model_sha256:
+        raise UserError("--features is the model under test; the metrics need an "
+                        "independently trained classifier of the dataset")
+    net = load_model(path, map_location=device)
+    if net.arch["in_channels"] != in_channels:
+        raise UserError(f"--features expects {net.arch['in_channels']}-channel "
+                        f"images; the samples have {in_channels}")
+    return ClassifierFeatures(net), describe_feature_network(path, sha)

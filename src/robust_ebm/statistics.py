@@ -68,3 +68,15 @@ def clean_report(
         "free_energy": summarize(e["free_energy"]),
         "joint_energy": summarize(e["joint_energy"]),
     }
+
+
+def format_clean_report(title: str, report: dict[str, Any]) -> str:
+    """Accuracy and energy summaries as a few aligned lines."""
+    lines = [f"{title}: n={report['n']}  clean accuracy {report['accuracy']:.4f}"]
+    for key, label in (("free_energy", "E(x)  "), ("joint_energy", "E(x,y)")):
+        s = report[key]
+        lines.append(
+            f"  {label} mean {s['mean']:8.3f}  std {s['std']:7.3f}  "
+            f"q05 {s['q05']:8.3f}  q50 {s['q50']:8.3f}  q95 {s['q95']:8.3f}"
+        )
+    return "\n".join(lines)
