@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..attacks import make_attack
 from ..attacks.core import check_inputs
 from ..errors import UserError
-from .batched import batched_logits
+from .batched import batched_logits, to_unit_float
 
 AttackFn = Callable[..., Tensor]
 
@@ -94,10 +94,8 @@ def as_tensors(data: Any) -> tuple[Tensor, Tensor]:
         x, y = data.images, data.labels
     else:
         raise UserError("data must be (x, y) tensors or an object with .images and .labels")
-    x = torch.as_tensor(x)
+    x = to_unit_float(torch.as_tensor(x))
     y = torch.as_tensor(y)
-    if x.dtype == torch.uint8:
-        x = x.float() / 255.0
     if y.dim() != 1:
         raise UserError(f"labels must have shape (N,); got {tuple(y.shape)}")
     return x, y.long()
