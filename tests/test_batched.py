@@ -1,4 +1,4 @@
-"""The one batched-evaluation loop: uint8 = float/255, batch size never changes a number, the
+"""The one batched-evaluation loop: uint8 = float/255, batch size changes only rounding, the
 model's modes and requires_grad come back exactly, attacks see each batch once, and training's
 energy tracking is the energy-under-attack pipeline's row."""
 
@@ -26,12 +26,14 @@ def _data(n: int = 23) -> tuple[torch.Tensor, torch.Tensor]:
             torch.randint(0, 3, (n,), generator=g))
 
 
-def test_uint8_equals_float_and_batch_size_changes_nothing():
+def test_uint8_equals_float_and_batch_size_only_moves_rounding():
     model, (x8, y) = _model(), _data()
     ref = batched_logits(model, x8.float() / 255, y, batch_size=100).clean
-    for bs in (1, 5, 23):
-        assert torch.equal(batched_logits(model, x8, y, batch_size=bs).clean, ref)
-    assert torch.equal(map_batches(model, x8, batch_size=7)[0], ref)
+    assert torch.equal(batched_logits(model, x8, y, batch_size=100).clean, ref)
+    assert torch.equal(map_batches(model, x8, batch_size=100)[0], ref)
+    for bs in (1, 5, 23):  # the matrix kernels may round differently per batch shape
+        torch.testing.assert_close(batched_logits(model, x8, y, batch_size=bs).clean, ref,
+                                   rtol=1e-6, atol=1e-6)
     assert ref.shape == (23, 3) and ref.dtype == torch.float32 and ref.device.type == "cpu"
     assert torch.equal(to_unit_float(x8), x8.float() / 255)
 
@@ -65,7 +67,8 @@ def test_attacked_logits_and_kept_inputs_match_a_direct_call():
     direct = torch.cat([pgd(model, x[i:i + 8], y[i:i + 8]) for i in range(0, 23, 8)])
     assert torch.equal(res.inputs["pgd"], direct)
     with torch.no_grad():
-        assert torch.equal(res.adversarial["pgd"], model(direct))
+        per_batch = torch.cat([model(direct[i:i + 8]) for i in range(0, 23, 8)])
+    assert torch.equal(res.adversarial["pgd"], per_batch)
 
 
 def test_tracking_row_is_the_pipeline_row_with_ce():
