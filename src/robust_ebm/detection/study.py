@@ -95,7 +95,7 @@ def calibrate_detector(
 
 def calibration_roc_curves(
     analysis: EnergyAnalysis, detector: EnergyDetector, temperatures: Sequence[float]
-) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+) -> dict[str, tuple[Any, Any, float]]:
     """``"T=<t>"`` -> (FPR, TPR, AUROC) of E_T on the calibration's clean logits against its
     positives, for each T of a fitted detector's grid, on the detector's side."""
     pos, _ = calibration_positives(analysis)

@@ -157,7 +157,8 @@ def adaptive_setup(
     """
     from .study import adaptive_attacks, search_he_gamma
 
-    gamma, trace = None, []
+    gamma: float | None = None
+    trace: list[dict[str, float]] = []
     if calibration is not None:
         gamma, trace = search_he_gamma(model, calibration[0], calibration[1], detector,
                                        attack_hp, batch_size=batch_size)

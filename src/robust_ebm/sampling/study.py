@@ -131,9 +131,9 @@ def build_init(
     data is refitted. The note says ``stats_path``, ``stats_reused`` and
     ``stats_refitted_mismatch`` (and, for pca, the components kept per class).
     """
-    shape = tuple(int(s) for s in images.shape[1:])
     if kind == "uniform":
-        return UniformInit(shape), {}
+        c, h, w = (int(s) for s in images.shape[1:])
+        return UniformInit((c, h, w)), {}
     if kind == "noise":
         return NoiseInjectionInit(noise_std).fit(images, labels), {}
     if kind == "pca":
