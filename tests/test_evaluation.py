@@ -272,6 +272,25 @@ def test_sharded_attack_merges_into_the_single_run(checkpoint, tmp_path, capsys)
     torch.testing.assert_close(a["x_adv"], b["x_adv"])
 
 
+def test_merge_attacks_command(checkpoint, tmp_path, capsys):
+    """`robust-ebm merge-attacks OUT SHARD...` writes the library's merged report; bad shards
+    give one stderr line and exit code 2."""
+    from robust_ebm.cli import main
+
+    _attack_run(checkpoint, tmp_path / "a", "--n", "20")
+    _attack_run(checkpoint, tmp_path / "b", "--start", "20", "--n", "20")
+    capsys.readouterr()
+    assert main(["merge-attacks", str(tmp_path / "m"), str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "m" / "robustness.json").read_text())
+    assert printed["n"] == saved["n"] == 40 and printed["fooled_by"] == saved["fooled_by"]
+    assert main(["merge-attacks", str(tmp_path / "m2"), str(tmp_path / "a"),
+                 str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overlap" in err[0] and not (tmp_path / "m2").exists()
+
+
 def test_merge_refuses_overlaps_and_mixed_settings(checkpoint, tmp_path, capsys):
     from robust_ebm.evaluation import merge_attack_runs
 

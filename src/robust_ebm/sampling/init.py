@@ -46,6 +46,9 @@ _FORMAT = "robust_ebm.class_statistics/1"
 _EXACT_LIMIT = 4096  # largest Gram/covariance side we eigendecompose exactly
 
 
+CacheStatus = Literal["reused", "fitted", "refitted"]
+
+
 class Init(Protocol):
     def sample(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
 
@@ -322,8 +325,23 @@ class ClassStatistics:
         A cached file whose fingerprint or settings differ raises :class:`UserError` (default)
         or, with ``on_mismatch="refit"``, is refitted and overwritten with a warning.
         """
+        return cls.load_or_fit(path, images, labels, on_mismatch, **kwargs)[0]
+
+    @classmethod
+    def load_or_fit(
+        cls,
+        path: str | os.PathLike[str],
+        images: Tensor,
+        labels: Tensor,
+        on_mismatch: Literal["raise", "refit"] = "raise",
+        **kwargs: Any,
+    ) -> tuple[ClassStatistics, CacheStatus]:
+        """:meth:`fit_cached` that also says what happened to the cache file: ``"reused"``,
+        ``"fitted"`` (there was none) or ``"refitted"`` (it did not match; with
+        ``on_mismatch="refit"`` only)."""
         fresh = cls(**kwargs)
         path = Path(path)
+        status: CacheStatus = "fitted"
         if path.exists():
             cached = cls.load(path)
             fp = data_fingerprint(images, labels)
@@ -335,14 +353,15 @@ class ClassStatistics:
             if cached.config() != fresh.config():
                 problems.append(f"its settings {cached.config()} differ from {fresh.config()}")
             if not problems:
-                return cached
+                return cached, "reused"
             msg = f"cached statistics {path} do not match: " + "; ".join(problems)
             if on_mismatch != "refit":
                 raise UserError(msg + ". Delete the file or pass on_mismatch='refit'.")
-            warnings.warn(msg + "; refitting", stacklevel=2)
+            warnings.warn(msg + "; refitting", stacklevel=3)
+            status = "refitted"
         fresh.fit(images, labels)
         fresh.save(path)
-        return fresh
+        return fresh, status
 
 
 class ClassGaussianInit(ClassStatistics):
