@@ -29,8 +29,9 @@ class Linf:
     name: str = "linf"
 
     def init(self, sample: Callable[[str], Tensor], eps: Tensor) -> Tensor:
-        """``sample('uniform'|'normal')`` draws per-sample noise shaped like x."""
-        return (2.0 * sample("uniform") - 1.0) * eps
+        """``sample('uniform'|'symmetric'|'normal')`` draws per-sample noise shaped like x
+        (uniform on [0, 1), uniform on [-1, 1), standard normal)."""
+        return sample("symmetric") * eps
 
     def step(self, grad: Tensor, step_size: Tensor) -> Tensor:
         return step_size * grad.sign()

@@ -68,7 +68,7 @@ class Problem:
     targets: Tensor | None  # (N,) in targeted mode
     objective: Objective
     success: Success
-    gens: list[torch.Generator]
+    streams: core.SampleStreams  # one random stream per sample
     logits_clean: Tensor | None
 
 
@@ -89,7 +89,7 @@ def prepare(
         raise UserError(f"targets=... was passed but the attack's targeted mode is {targeted!r}")
     xw = x.detach().to(core.work_dtype(model, x))
     y = y.detach().to(x.device).long()
-    gens = core.sample_generators(xw, y, seed)
+    streams = core.sample_generators(xw, y, seed)
     needs_nat = bool(getattr(loss, "needs_natural_logits", False))
     logits_clean = None
     if needs_nat or targeted in ("random", "least_likely") or targeted == "given":
@@ -102,7 +102,7 @@ def prepare(
         if needs_nat:
             raise UserError("the trades_kl loss has no targeted form")
         assert logits_clean is not None
-        t = core.choose_targets(targeted, logits_clean, y, gens, targets)
+        t = core.choose_targets(targeted, logits_clean, y, streams, targets)
         tgt_form = getattr(loss, "targeted", None)
         if tgt_form is None:
 
@@ -133,7 +133,7 @@ def prepare(
         def success(logits: Tensor, idx: Tensor | None) -> Tensor:
             return logits.argmax(dim=1) != _sel(y, idx)
 
-    return Problem(xw, y, t, objective, success, gens, logits_clean)
+    return Problem(xw, y, t, objective, success, streams, logits_clean)
 
 
 def check_loss_output(value: Tensor, n: int) -> None:
@@ -211,7 +211,7 @@ def starting_point(
     shape = tuple(x.shape[1:])
 
     def sample(kind: str) -> Tensor:
-        return core.draw(prob.gens, rows.cpu(), shape, x, kind)
+        return core.draw(prob.streams, rows, shape, x, kind)
 
     if start == "uniform":
         return geometry.project_bounds(x + geometry.init(sample, eps), *bounds)
@@ -374,7 +374,7 @@ class PGD:
         restarts: runs with fresh starts for samples not yet fooled; keeps each sample's best.
         targeted: False, True/'given' (pass targets=), 'random' or 'least_likely'.
         early_stop: stop moving a sample at its first successful iterate.
-        seed: seed of the per-sample generators (see :mod:`robust_ebm.attacks.core`);
+        seed: seed of the per-sample random streams (:mod:`robust_ebm.attacks.streams`);
             None draws fresh OS entropy.
     """
 

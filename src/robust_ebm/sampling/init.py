@@ -1,4 +1,4 @@
-"""Starting points x_0 for SGLD (SPEC.md Sec. 6; Beadini & Masi, arXiv 2304.04033).
+"""Starting points x_0 for SGLD (docs/science.md; Beadini & Masi, arXiv 2304.04033).
 
 Every initialiser has ``sample(y, generator) -> x0``: ``y`` (N,) class indices, ``x0``
 (N, C, H, W) float32 images in [0, 1] on the CPU (the caller moves them; sampling on the CPU keeps
@@ -397,7 +397,7 @@ class ClassGaussianInit(ClassStatistics):
 
 
 class ClassPCAInit(ClassStatistics):
-    """Class-wise PCA init (the papers' method; SPEC.md Sec. 6):
+    """Class-wise PCA init (the papers' method; docs/science.md):
 
         x0 = clip01(mu_y + sum_{i<=k} s_i z_i sigma U_i),   z_i ~ N(0, 1),
 

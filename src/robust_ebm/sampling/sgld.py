@@ -1,5 +1,5 @@
 """SGLD with momentum on a classifier's energy (Beadini & Masi, arXiv 2304.04033; Mirza et al.,
-arXiv 2407.06315, Sec. 6 of SPEC.md).
+arXiv 2407.06315; see docs/science.md).
 
 One step, for inputs x in [0, 1] (pixel units) and the wanted classes y:
 

@@ -1,0 +1,72 @@
+"""Cost of the per-sample random start, as a multiple of one ``torch.rand`` of the batch.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/random_start.py [--batch 512] [--repeats 15]
+
+Measures, round-robin in one run: PGD-10 with a random start, PGD-10 without, and one
+``torch.rand`` of the batch's shape; prints (with - without) / rand [goal <= 1.5]. Run it with
+``PYTHONPATH`` pointing at another checkout's ``src`` to measure that version (the numbers in
+benchmarks/RESULTS.md compare the per-sample CPU generators of the previous release with the
+on-device streams of :mod:`robust_ebm.attacks.streams`).
+
+Model: a linear classifier on CIFAR-shaped inputs (3x32x32 -> 10), so that the PGD steps are
+cheap and the random start's share is resolved; inputs uniform in [0, 1]; L-inf, eps 8/255.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import torch
+from _timing import interleaved_medians
+from torch import nn
+
+import robust_ebm
+from robust_ebm.attacks import make_attack
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()
+    x = torch.rand(args.batch, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch,))
+    common = {"eps": 8 / 255, "step_size": 2 / 255, "steps": args.steps}
+    with_start = make_attack("pgd", random_start=True, **common)
+    without = make_attack("pgd", random_start=False, **common)
+    fns = {
+        "pgd_random_start": lambda: with_start(model, x, y),
+        "pgd_no_start": lambda: without(model, x, y),
+        "torch_rand": lambda: torch.rand(x.shape),
+    }
+    med = interleaved_medians(fns, args.repeats)
+    ratio = (med["pgd_random_start"] - med["pgd_no_start"]) / med["torch_rand"]
+    print(
+        json.dumps(
+            {
+                "setup": {
+                    "model": "linear 3x32x32 -> 10",
+                    "batch": args.batch,
+                    "steps": args.steps,
+                    "repeats": args.repeats,
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "robust_ebm": robust_ebm.__file__,
+                    "cpu": platform.processor() or platform.machine(),
+                },
+                "median_seconds": med,
+                "random_start_over_rand": ratio,
+                "goal": 1.5,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
