@@ -112,11 +112,16 @@ def sample_generators(x: Tensor, y: Tensor, seed: int | None) -> SampleStreams:
 
 
 def draw(
-    streams: SampleStreams, idx: Tensor, shape: tuple[int, ...], like: Tensor, kind: str
+    streams: SampleStreams,
+    idx: Tensor,
+    shape: tuple[int, ...],
+    like: Tensor,
+    kind: str,
+    scale: Tensor | None = None,
 ) -> Tensor:
     """(len(idx), *shape) numbers, row r from sample idx[r]'s stream, in ``like``'s dtype and
-    device: 'uniform' on [0, 1), 'symmetric' on [-1, 1) or 'normal'."""
-    return streams.draw(idx, shape, like, kind)
+    device: 'uniform' on [0, 1), 'symmetric' on [-1, 1] or 'normal'; times ``scale``."""
+    return streams.draw(idx, shape, like, kind, scale)
 
 
 def choose_targets(

@@ -210,12 +210,14 @@ def starting_point(
         return x.clone()
     shape = tuple(x.shape[1:])
 
-    def sample(kind: str) -> Tensor:
-        return core.draw(prob.streams, rows, shape, x, kind)
+    def sample(kind: str, scale: Tensor | None = None) -> Tensor:
+        return core.draw(prob.streams, rows, shape, x, kind, scale)
 
     if start == "uniform":
-        return geometry.project_bounds(x + geometry.init(sample, eps), *bounds)
-    return geometry.project_bounds(x + start_std * sample("normal"), *bounds)
+        delta = geometry.init(sample, eps)
+    else:
+        delta = sample("normal", None) * start_std
+    return geometry.project_bounds(delta.add_(x), *bounds)  # x + delta, without a new tensor
 
 
 def loss_and_gradient(

@@ -49,15 +49,34 @@ def _shift_right(z: Tensor, bits: int) -> Tensor:
     return shifted
 
 
-def _mix(z: Tensor, key2: Tensor | None = None) -> Tensor:
-    """lowbias32 on an int32 tensor, in place; ``key2`` is xored in between the two rounds."""
-    z ^= _shift_right(z, 16)
+def _xorshift_(z: Tensor, bits: int, scratch: Tensor | None) -> None:
+    """z ^= z >>> bits, in place; ``scratch`` (z's shape, int32) avoids an allocation."""
+    if scratch is None:
+        z ^= _shift_right(z, bits)
+        return
+    torch.bitwise_right_shift(z, bits, out=scratch)
+    scratch &= (1 << (32 - bits)) - 1
+    z ^= scratch
+
+
+def _mix(
+    z: Tensor, key2: Tensor | None = None, final: bool = True, scratch: Tensor | None = None
+) -> Tensor:
+    """lowbias32 on an int32 tensor, in place; ``key2`` is xored in between the two rounds.
+
+    ``final=False`` skips the last xor-shift, which only folds the high half into the low one:
+    the draws read the high bits, which the last multiply has already mixed. Every step works
+    in place (with ``scratch`` for the shifts): on CPU, allocating a fresh batch-sized tensor
+    per step costs more than the integer op itself.
+    """
+    _xorshift_(z, 16, scratch)
     z *= _i32(_MUL1)
     if key2 is not None:
         z ^= key2
-    z ^= _shift_right(z, 15)
+    _xorshift_(z, 15, scratch)
     z *= _i32(_MUL2)
-    z ^= _shift_right(z, 16)
+    if final:
+        _xorshift_(z, 16, scratch)
     return z
 
 
@@ -115,25 +134,43 @@ class SampleStreams:
     def __len__(self) -> int:
         return self.key.shape[0]
 
-    def bits(self, rows: Tensor, count: int) -> Tensor:
-        """(len(rows), count) int32 hashes: the next ``count`` numbers of each sample in rows."""
+    def bits(self, rows: Tensor, count: int, scratch: Tensor | None = None) -> Tensor:
+        """(len(rows), count) int32 hashes: the next ``count`` numbers of each sample in rows.
+
+        Each call draws a fresh block: its row key mixes the sample's key with how much the
+        sample has drawn, and number j of the block hashes (j * GOLDEN) xor the row key.
+        ``scratch``: an int32 (len(rows), count) buffer the hashing may overwrite.
+        """
         rows = rows.to(self.key.device)
-        start = _wrap32(self.drawn[rows] * _GOLDEN)
+        block = _mix(self.key[rows] ^ _mix(_wrap32(self.drawn[rows])), self.key2[rows])
         self.drawn[rows] += count
-        z = (self.key[rows] + start).unsqueeze(1) + _counter_table(count, self.key.device)
-        return _mix(z, self.key2[rows].unsqueeze(1))
+        z = torch.bitwise_xor(_counter_table(count, self.key.device), block.unsqueeze(1))
+        return _mix(z, final=False, scratch=scratch)
 
     def uniform(self, rows: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """(len(rows), *shape) uniform on [0, 1), a 2^-24 grid."""
         count = math.prod(shape)
-        u = _shift_right(self.bits(rows, count), 8).to(torch.float32).mul_(2.0**-24)
-        return u.to(dtype).view(len(rows), *shape)
+        out = torch.empty(len(rows), count, device=self.key.device, dtype=torch.float32)
+        z = self.bits(rows, count, scratch=out.view(torch.int32))
+        out.copy_(_shift_right(z, 8)).mul_(2.0**-24)
+        return out.to(dtype).view(len(rows), *shape)
 
-    def symmetric(self, rows: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        """(len(rows), *shape) uniform on [-1, 1), a 2^-23 grid (one op cheaper than 2u - 1)."""
+    def symmetric(
+        self,
+        rows: Tensor,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        scale: Tensor | None = None,
+    ) -> Tensor:
+        """(len(rows), *shape) uniform on [-1, 1] times ``scale`` (broadcastable, e.g. a
+        per-sample eps), from the signed 32-bit hash rounded to float32: the fewest passes over
+        the numbers of any kind (the L-inf random start draws these)."""
         count = math.prod(shape)
-        s = (self.bits(rows, count) >> 8).to(torch.float32).mul_(2.0**-23)
-        return s.to(dtype).view(len(rows), *shape)
+        out = torch.empty(len(rows), *shape, device=self.key.device, dtype=torch.float32)
+        z = self.bits(rows, count, scratch=out.view(torch.int32).view(len(rows), count))
+        out.copy_(z.view(len(rows), *shape))
+        factor = 2.0**-31 if scale is None else scale.to(torch.float32) * 2.0**-31
+        return out.mul_(factor).to(dtype)
 
     def normal(self, rows: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """(len(rows), *shape) standard normal by Box-Muller (both outputs of each pair)."""
@@ -151,12 +188,22 @@ class SampleStreams:
         u = self.uniform(rows, (1,), torch.float64).squeeze(1)
         return (low + (u * (high - low)).floor().long()).clamp_(max=high - 1)
 
-    def draw(self, rows: Tensor, shape: tuple[int, ...], like: Tensor, kind: str) -> Tensor:
-        """Numbers of ``kind`` ('uniform', 'symmetric' or 'normal') in ``like``'s dtype."""
-        if kind not in ("uniform", "symmetric", "normal"):
+    def draw(
+        self,
+        rows: Tensor,
+        shape: tuple[int, ...],
+        like: Tensor,
+        kind: str,
+        scale: Tensor | None = None,
+    ) -> Tensor:
+        """Numbers of ``kind`` ('uniform', 'symmetric' or 'normal') in ``like``'s dtype and
+        device, times ``scale`` if given."""
+        if kind == "symmetric":
+            return self.symmetric(rows, shape, like.dtype, scale).to(like.device)
+        if kind not in ("uniform", "normal"):
             raise ValueError(f"unknown kind {kind!r}")
-        out = getattr(self, kind)(rows, shape, like.dtype)
-        return out.to(like.device)
+        out = getattr(self, kind)(rows, shape, like.dtype).to(like.device)
+        return out if scale is None else out * scale
 
 
 __all__ = ["SampleStreams", "image_keys"]
