@@ -54,8 +54,10 @@ def main() -> None:
         streams = core.sample_generators(x, y, 0)
         rows = torch.arange(len(x))
 
-        def sample(kind: str) -> torch.Tensor:
-            return core.draw(streams, rows, shape, x, kind)
+        def sample(kind: str, scale: torch.Tensor | None = None) -> torch.Tensor:
+            if scale is None:  # the previous release's draw takes no scale
+                return core.draw(streams, rows, shape, x, kind)
+            return core.draw(streams, rows, shape, x, kind, scale)
 
         return geometry.project_bounds(x + geometry.init(sample, eps), lo, hi)
 
