@@ -34,6 +34,7 @@ _MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: odd, spreads consecutive counters over all bits
 _MUL1 = 0x7FEB352D
 _MUL2 = 0x846CA68B
+_MUL_DRAWS = 0x045D9F3B
 
 
 def _i32(value: int) -> int:
@@ -49,34 +50,40 @@ def _shift_right(z: Tensor, bits: int) -> Tensor:
     return shifted
 
 
-def _xorshift_(z: Tensor, bits: int, scratch: Tensor | None) -> None:
-    """z ^= z >>> bits, in place; ``scratch`` (z's shape, int32) avoids an allocation."""
-    if scratch is None:
-        z ^= _shift_right(z, bits)
-        return
-    torch.bitwise_right_shift(z, bits, out=scratch)
-    scratch &= (1 << (32 - bits)) - 1
-    z ^= scratch
-
-
-def _mix(
-    z: Tensor, key2: Tensor | None = None, final: bool = True, scratch: Tensor | None = None
-) -> Tensor:
+def _mix(z: Tensor, key2: Tensor | None = None) -> Tensor:
     """lowbias32 on an int32 tensor, in place; ``key2`` is xored in between the two rounds.
 
-    ``final=False`` skips the last xor-shift, which only folds the high half into the low one:
-    the draws read the high bits, which the last multiply has already mixed. Every step works
-    in place (with ``scratch`` for the shifts): on CPU, allocating a fresh batch-sized tensor
-    per step costs more than the integer op itself.
+    For the per-sample keys (N numbers; the draws use :func:`_mix_draws_`).
     """
-    _xorshift_(z, 16, scratch)
+    z ^= _shift_right(z, 16)
     z *= _i32(_MUL1)
     if key2 is not None:
         z ^= key2
-    _xorshift_(z, 15, scratch)
+    z ^= _shift_right(z, 15)
     z *= _i32(_MUL2)
-    if final:
-        _xorshift_(z, 16, scratch)
+    z ^= _shift_right(z, 16)
+    return z
+
+
+def _fold_high_half_(z: Tensor) -> None:
+    """z ^= z >>> 16 in place, without a temporary: xor each int32's high int16 into its low
+    one through an int16 view (int32 words are little-endian on every torch device)."""
+    halves = z.view(torch.int16)
+    halves[..., 0::2] ^= halves[..., 1::2]
+
+
+def _mix_draws_(z: Tensor) -> Tensor:
+    """Two xor-shift-multiply rounds in place on a contiguous (rows, count) int32 tensor.
+
+    Shifts of 16 (the multiplier 0x45D9F3B of the "16 M 16 M 16" integer hash) so that each
+    fold is an in-place int16 xor: on CPU a fresh batch-sized temporary per step costs more
+    than the integer op itself. The last fold of that hash is left out: it only mixes the high
+    half into the low one, and the draws read the high bits, which the last multiply has mixed.
+    """
+    _fold_high_half_(z)
+    z *= _MUL_DRAWS
+    _fold_high_half_(z)
+    z *= _MUL_DRAWS
     return z
 
 
@@ -103,7 +110,10 @@ def image_keys(x: Tensor, y: Tensor, seed: int | None) -> tuple[Tensor, Tensor]:
     n = x.shape[0]
     bits = x.detach().to(torch.float32).contiguous().view(torch.int32).reshape(n, -1)
     weights = _mix(_counter_table(bits.shape[1], x.device)) | 1  # odd: every pixel counts
-    pixel_sum = (bits * weights).sum(1, dtype=torch.int32)
+    if bits.device.type == "cpu":  # one pass, no temporary; sums wrap modulo 2^32 either way
+        pixel_sum = torch.mv(bits, weights)
+    else:  # integer matmul is CPU-only
+        pixel_sum = (bits * weights).sum(1, dtype=torch.int32)
     lo, hi = _seed_words(seed)
     labels = _wrap32(y.detach().to(device=x.device, dtype=torch.int64) * _GOLDEN)
     key = _mix(pixel_sum + lo)
@@ -134,26 +144,31 @@ class SampleStreams:
     def __len__(self) -> int:
         return self.key.shape[0]
 
-    def bits(self, rows: Tensor, count: int, scratch: Tensor | None = None) -> Tensor:
+    def bits(self, rows: Tensor, count: int) -> Tensor:
         """(len(rows), count) int32 hashes: the next ``count`` numbers of each sample in rows.
 
         Each call draws a fresh block: its row key mixes the sample's key with how much the
         sample has drawn, and number j of the block hashes (j * GOLDEN) xor the row key.
-        ``scratch``: an int32 (len(rows), count) buffer the hashing may overwrite.
         """
         rows = rows.to(self.key.device)
         block = _mix(self.key[rows] ^ _mix(_wrap32(self.drawn[rows])), self.key2[rows])
         self.drawn[rows] += count
         z = torch.bitwise_xor(_counter_table(count, self.key.device), block.unsqueeze(1))
-        return _mix(z, final=False, scratch=scratch)
+        return _mix_draws_(z)
+
+    def _unit_floats(self, rows: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """(len(rows), *shape) float32 uniform on [1, 2), a 2^-23 grid, built in place from the
+        top 23 bits of each hash (the mantissa) under the exponent of 1.0: no int -> float
+        conversion and no second batch-sized tensor."""
+        z = self.bits(rows, math.prod(shape))
+        z >>= 9
+        z &= (1 << 23) - 1
+        z |= 0x3F800000
+        return z.view(torch.float32).view(len(rows), *shape)
 
     def uniform(self, rows: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        """(len(rows), *shape) uniform on [0, 1), a 2^-24 grid."""
-        count = math.prod(shape)
-        out = torch.empty(len(rows), count, device=self.key.device, dtype=torch.float32)
-        z = self.bits(rows, count, scratch=out.view(torch.int32))
-        out.copy_(_shift_right(z, 8)).mul_(2.0**-24)
-        return out.to(dtype).view(len(rows), *shape)
+        """(len(rows), *shape) uniform on [0, 1), a 2^-23 grid."""
+        return self._unit_floats(rows, shape).sub_(1.0).to(dtype)
 
     def symmetric(
         self,
@@ -162,15 +177,11 @@ class SampleStreams:
         dtype: torch.dtype,
         scale: Tensor | None = None,
     ) -> Tensor:
-        """(len(rows), *shape) uniform on [-1, 1] times ``scale`` (broadcastable, e.g. a
-        per-sample eps), from the signed 32-bit hash rounded to float32: the fewest passes over
-        the numbers of any kind (the L-inf random start draws these)."""
-        count = math.prod(shape)
-        out = torch.empty(len(rows), *shape, device=self.key.device, dtype=torch.float32)
-        z = self.bits(rows, count, scratch=out.view(torch.int32).view(len(rows), count))
-        out.copy_(z.view(len(rows), *shape))
-        factor = 2.0**-31 if scale is None else scale.to(torch.float32) * 2.0**-31
-        return out.mul_(factor).to(dtype)
+        """(len(rows), *shape) uniform on [-1, 1) times ``scale`` (broadcastable, e.g. a
+        per-sample eps; the L-inf random start draws these), a 2^-22 grid: 2 (u - 1.5) with u
+        on [1, 2), both steps exact, in place."""
+        factor = 2.0 if scale is None else scale.to(torch.float32) * 2.0
+        return self._unit_floats(rows, shape).sub_(1.5).mul_(factor).to(dtype)
 
     def normal(self, rows: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """(len(rows), *shape) standard normal by Box-Muller (both outputs of each pair)."""
