@@ -9,11 +9,13 @@ batches of 1 give. The global RNG is never touched.
 How (counter-based, in the spirit of Salmon et al. 2011, "Parallel random numbers: as easy as
 1, 2, 3"): a 32-bit key per sample is a position-weighted sum of the float32 bit patterns of its
 pixels (exact integer arithmetic, so independent of summation order), mixed with the label and
-the seed. Number j of a sample is a hash of (key, counter + j): 32-bit xor-shift-multiply rounds
-(the "lowbias32" constants of C. Wellons' hash prospector) on int32 tensors, whose products wrap
-modulo 2^32 on CPU and CUDA alike. The top 24 bits become a float on a 2^-24 grid; normals come
-from Box-Muller (computed in float64, then cast). Everything is a tensor op on the device: no
-host copy of the batch and no Python loop over samples.
+the seed by the "lowbias32" hash (C. Wellons' hash prospector). Each draw takes a fresh block:
+a block key mixes the sample's key with how many numbers it has drawn so far, and number j of
+the block is two xor-shift-multiply rounds of (j * golden ratio) xor the block key, on int32
+tensors whose products wrap modulo 2^32 on CPU and CUDA alike. Floats are built from the top
+23 bits (a 2^-23 grid); normals come from Box-Muller (computed in float64, then cast).
+Everything is a tensor op on the device, in place where it can be: no host copy of the batch
+and no Python loop over samples.
 
 Two different images share a key with probability about 2^-32. Uniform draws are bit-identical
 in any batch; normal draws go through log/cos/sin, whose vectorised and scalar code paths may
