@@ -217,9 +217,12 @@ _DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+# name -> DatasetInfo. Flags: ``format`` (as in the entry), ``system_package`` (a Debian
+# package that installs the official files where :mod:`robust_ebm.data.locate` looks).
 CATALOG: Registry[DatasetInfo] = Registry("dataset", hint="or pass the path of a .npz file")
+_SYSTEM_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
 for _name, _info in _DATASETS.items():
-    CATALOG.add(_name, _info, format=_info.format)
+    CATALOG.add(_name, _info, format=_info.format, system_package=_SYSTEM_PACKAGES.get(_name))
 
 
 def list_datasets() -> list[str]:

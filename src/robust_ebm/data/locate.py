@@ -99,8 +99,9 @@ def _not_found(info: DatasetInfo, split: str, data_dir: str | Path | None) -> Da
     looked = ", ".join(str(d) for d in candidate_dirs(info.name, data_dir))
     files = ", ".join(info.splits[split])
     how = f"run 'robust-ebm data download {info.name}'"
-    if info.name == "fashion_mnist":
-        how += " or 'apt-get install dataset-fashion-mnist'"
+    package = CATALOG.meta(info.name).get("system_package") if info.name in CATALOG else None
+    if package:
+        how += f" or 'apt-get install {package}'"
     return DataNotFoundError(
         f"{info.name} ({split} split: {files}) not found; looked in: {looked}. To get it, "
         f"{how}, or put the official files in a folder and pass --data-dir or set "
