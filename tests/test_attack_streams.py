@@ -157,6 +157,16 @@ def test_integers_cover_the_range_uniformly():
     assert stats.chisquare(counts[1:].numpy()).pvalue > 0.01
 
 
+def test_empty_batch():
+    x, y = torch.rand(0, *SHAPE), torch.zeros(0, dtype=torch.long)
+    streams = SampleStreams.for_batch(x, y, 0)
+    for kind in ("uniform", "symmetric", "normal"):
+        assert streams.draw(torch.arange(0), SHAPE, x, kind).shape == (0, *SHAPE)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
+    for name in ("pgd", "apgd_ce"):
+        assert make_attack(name, steps=2)(model, x, y).shape == x.shape
+
+
 def test_streams_need_no_host_copy():
     """On the meta device no data exists: any .item()/.cpu()/.tolist() would fail."""
     x = torch.empty(5, *SHAPE, device="meta")

@@ -109,8 +109,8 @@ def _seed_words(seed: int | None) -> tuple[int, int]:
 
 def image_keys(x: Tensor, y: Tensor, seed: int | None) -> tuple[Tensor, Tensor]:
     """Two (N,) int32 keys per sample from (seed, y_i, the float32 bits of x_i), on x's device."""
-    n = x.shape[0]
-    bits = x.detach().to(torch.float32).contiguous().view(torch.int32).reshape(n, -1)
+    n, d = x.shape[0], math.prod(x.shape[1:])
+    bits = x.detach().to(torch.float32).contiguous().view(torch.int32).reshape(n, d)
     weights = _mix(_counter_table(bits.shape[1], x.device)) | 1  # odd: every pixel counts
     if bits.device.type == "cpu":  # one pass, no temporary; sums wrap modulo 2^32 either way
         pixel_sum = torch.mv(bits, weights)
