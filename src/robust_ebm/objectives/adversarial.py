@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import make_attack
+from ..distributed import unwrap
 from ..energy import free_energy, weat_weights
 from ..errors import UserError
 from ..losses import mart_loss, trades_loss, weat_loss
-from ..train.dist import unwrap
 from .registry import register_objective
 
 Logs = dict[str, Tensor]

@@ -30,8 +30,10 @@ from torch import Tensor
 
 from ..errors import CorruptDataError, UserError
 from ..io import atomic_write
+from ..registry import Registry
 
 __all__ = [
+    "INITS",
     "ClassGaussianInit",
     "ClassPCAInit",
     "ClassStatistics",
@@ -40,6 +42,7 @@ __all__ = [
     "UniformInit",
     "as_unit_float",
     "data_fingerprint",
+    "make_init",
 ]
 
 _FORMAT = "robust_ebm.class_statistics/1"
@@ -47,6 +50,11 @@ _EXACT_LIMIT = 4096  # largest Gram/covariance side we eigendecompose exactly
 
 
 CacheStatus = Literal["reused", "fitted", "refitted"]
+
+# name -> initialiser class. Flags: ``alias`` (the short name the command line uses),
+# ``fitted`` (needs fit(images, labels) on training data), ``cached`` (its fitted statistics can
+# be saved and reused: ClassStatistics.fit_cached).
+INITS: Registry[type] = Registry("initialisation")
 
 
 class Init(Protocol):
@@ -98,6 +106,7 @@ def _by_class(y: Tensor) -> list[tuple[int, Tensor]]:
     return [(int(c), (y == c).nonzero().squeeze(1)) for c in torch.unique(y)]
 
 
+@INITS.register("uniform", alias="uniform", fitted=False, cached=False)
 @dataclass(frozen=True)
 class UniformInit:
     """x0 ~ U[0, 1]^(C,H,W), ignoring the class."""
@@ -112,6 +121,7 @@ class UniformInit:
         return {"init": self.name, "shape": list(self.shape)}
 
 
+@INITS.register("noise_injection", alias="noise", fitted=True, cached=False)
 class NoiseInjectionInit:
     """x0 = clip01(x_real + noise_std * N(0, I)), x_real a uniformly drawn image of class y.
 
@@ -364,6 +374,7 @@ class ClassStatistics:
         return fresh, status
 
 
+@INITS.register("class_gaussian", alias="gaussian", fitted=True, cached=True)
 class ClassGaussianInit(ClassStatistics):
     """x0 = clip01(mu_y + Sigma_y^{1/2} z), z ~ N(0, I), Sigma_y the class covariance.
 
@@ -415,6 +426,7 @@ class ClassGaussianInit(ClassStatistics):
         return out.clamp_(0.0, 1.0) if self.clip else out
 
 
+@INITS.register("class_pca", alias="pca", fitted=True, cached=True)
 class ClassPCAInit(ClassStatistics):
     """Class-wise PCA init (the papers' method; docs/science.md#sgld-initialisations):
 
@@ -497,3 +509,9 @@ class ClassPCAInit(ClassStatistics):
             z = _randn((len(pos), len(s)), generator)
             out[pos] = self.mean[c] + (z * (s * self.sigma)) @ self.components[c]
         return out.view(-1, *self.shape).clamp_(0.0, 1.0)
+
+
+def make_init(name: str, **kwargs: Any) -> Any:
+    """An unfitted initialiser by registered name (``class_pca``) or alias (``pca``)."""
+    by_alias = INITS.names(alias=name)
+    return INITS.get(by_alias[0] if by_alias else name)(**kwargs)
