@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k energy"`.
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-oracle test-slow data venv lint clean
+.PHONY: demo test test-oracle test-slow data venv lint typecheck clean
 
 venv: $(STAMP)
 
@@ -48,8 +48,12 @@ test-slow: venv data
 	@$(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc = 5 ]; then echo "make test-slow: no slow test collected"; exit 0; fi; exit $$rc
 
-lint: venv
+lint: venv typecheck
 	$(PY) -m ruff check src tests benchmarks
+
+# mypy settings live in pyproject.toml [tool.mypy]
+typecheck: venv
+	$(PY) -m mypy src
 
 clean:
 	rm -rf $(VENV) runs

@@ -10,7 +10,7 @@ import pytest
 
 from robust_ebm.models import create_model
 from robust_ebm.objectives import make_objective
-from robust_ebm.train.config import default_config, load_toml, merge, train_config
+from robust_ebm.train.config import default_config, eval_config, load_toml, merge, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "configs").glob("cifar10*/*.toml"))
@@ -29,12 +29,13 @@ def test_every_objective_and_architecture_is_covered():
 def test_config_parses_and_builds(path):
     cfg = merge(default_config(), load_toml(path))
     tcfg = train_config(cfg)  # unknown or invalid [train] keys raise
+    ecfg = eval_config(cfg)
     assert cfg["data"]["dataset"] == path.parent.name
     obj = dict(cfg["objective"])
     objective = make_objective(obj.pop("name"), **obj)
     # the papers' CIFAR budgets: L-inf 8/255, step 2/255, 10 steps; PGD-20 per-epoch check
     assert (objective.eps, objective.step_size, objective.steps) == (8 / 255, 2 / 255, 10)
-    assert (tcfg.eval_eps, tcfg.eval_step_size, tcfg.eval_steps) == (8 / 255, 2 / 255, 20)
+    assert (ecfg.eval_eps, ecfg.eval_step_size, ecfg.eval_steps) == (8 / 255, 2 / 255, 20)
     assert (tcfg.epochs, tcfg.batch_size, tcfg.lr, tcfg.schedule) == (100, 128, 0.1, "onecycle")
     text = path.read_text()
     assert "Reported" in text and ("AutoAttack" in text or "not verified" in text)

@@ -69,3 +69,15 @@ def test_compile_with_fp16_is_refused(tmp_path, capsys):
             "--precision", "fp16", "--compile"]
     assert main(argv) == 2
     assert "use --precision bf16 with --compile" in capsys.readouterr().err
+
+
+def test_compile_is_a_train_setting_of_set_and_toml(tmp_path):
+    from robust_ebm.train.config import apply_set, default_config, load_toml, merge, train_config
+
+    cfg = default_config()
+    assert train_config(cfg).compile is False
+    apply_set(cfg, "train.compile=true")
+    assert train_config(cfg).compile is True
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\ncompile = true\n")
+    assert train_config(merge(default_config(), load_toml(toml))).compile is True

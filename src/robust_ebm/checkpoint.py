@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import CorruptDataError, UnsafeCheckpointError, UserError
 from .io import atomic_write
@@ -33,12 +33,13 @@ FORMAT = "robust-ebm/1"
 _META_KEY = "robust_ebm"
 
 
-def save_model(path: str | os.PathLike[str], model: Classifier, **metadata: Any) -> Path:
+def save_model(path: str | os.PathLike[str], model: nn.Module, **metadata: Any) -> Path:
     """Save ``model`` (weights + normalization) and JSON metadata to ``path`` atomically.
 
     Args:
         path: destination, conventionally ``*.safetensors``.
-        model: a :class:`Classifier` from :func:`robust_ebm.models.create_model`.
+        model: a :class:`Classifier` from :func:`robust_ebm.models.create_model` (typed as any
+            module because training holds it as one; anything else is a UserError).
         **metadata: JSON-serialisable facts (dataset, objective, epoch, metrics, config, ...).
     """
     if not isinstance(model, Classifier):

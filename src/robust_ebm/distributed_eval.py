@@ -7,7 +7,7 @@ rank 0 gathers the shards in rank order, merges them and writes the one result; 
 write nothing. Without torchrun the same code runs the whole range in one process.
 
 Why the result equals a one-process run: every random draw of an attack belongs to one sample
-(keyed by the seed and the sample itself, :mod:`robust_ebm.attacks.core`), shards are cut at
+(keyed by the seed and the sample itself, :mod:`robust_ebm.attacks.streams`), shards are cut at
 multiples of the batch size (``align``), so every batch holds the same points as in one process,
 and merging concatenates in index order. On GPUs, kernels may still differ in the last bits
 between processes that chose different algorithms (docs/scale.md).
@@ -38,7 +38,7 @@ from .errors import UserError
 R = TypeVar("R")
 M = TypeVar("M")
 
-__all__ = ["ShardError", "rank_device", "run_sharded", "shard_bounds", "world"]
+__all__ = ["ShardError", "is_main", "rank_device", "run_sharded", "shard_bounds", "world"]
 
 
 class ShardError(RuntimeError):
@@ -49,6 +49,11 @@ def world() -> tuple[int, int]:
     """(rank, world_size) from torchrun's environment; (0, 1) without torchrun."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     return (int(os.environ.get("RANK", "0")), size) if size > 1 else (0, 1)
+
+
+def is_main() -> bool:
+    """True on torchrun's rank 0 and in a one-process run: the process that writes."""
+    return world()[0] == 0
 
 
 def rank_device(device: torch.device | str) -> torch.device:

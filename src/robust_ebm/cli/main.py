@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import __version__
 from ..distributed_eval import ShardError
@@ -18,7 +19,7 @@ from ..errors import TrainingDivergedError, UserError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2, as for every bad input
+    def error(self, message: str) -> NoReturn:  # one line, exit code 2, as for every bad input
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 

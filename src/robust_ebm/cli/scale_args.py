@@ -1,18 +1,16 @@
-"""Flags shared by the evaluation commands for speed and scale (docs/scale.md).
+"""Flags shared by the evaluation commands for speed (docs/scale.md).
 
 ``--precision bf16``, ``--channels-last`` and ``--compile`` wrap the loaded model with
-:func:`robust_ebm.fastpath.wrap_model`; :func:`eval_device` gives each torchrun rank its own
-GPU; :func:`is_main` tells the rank that writes.
+:func:`robust_ebm.fastpath.wrap_model`. Sharding over torchrun ranks needs no flag: the library
+calls shard themselves (:mod:`robust_ebm.evaluation.sharded`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-import torch
 from torch import nn
 
-from ..distributed_eval import rank_device, world
 from ..fastpath import PRECISIONS, wrap_model
 
 
@@ -29,13 +27,3 @@ def fast_model(model: nn.Module, args: argparse.Namespace) -> nn.Module:
     """The model behind the flags of :func:`add_fast_args` (itself when none is set)."""
     return wrap_model(model, precision=args.precision, channels_last=args.channels_last,
                       compile=args.compile)
-
-
-def eval_device(device: torch.device) -> torch.device:
-    """``cuda:LOCAL_RANK`` under torchrun on CUDA, else ``device``."""
-    return rank_device(device)
-
-
-def is_main() -> bool:
-    """True on torchrun's rank 0 and in a one-process run: the process that writes."""
-    return world()[0] == 0

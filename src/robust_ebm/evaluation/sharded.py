@@ -3,9 +3,13 @@
 Each function takes what its one-process counterpart takes and returns the same result on
 rank 0 (and in a one-process run), None on the other ranks, which then write nothing:
 
-* :func:`sharded_robustness` - :func:`robust_ebm.evaluation.evaluate_robustness` (``attack``);
-* :func:`sharded_energy` - :func:`robust_ebm.analysis.analyze_energy` (``energy``);
-* :func:`sharded_generation` - :func:`robust_ebm.sampling.generate` (``generate``).
+* :func:`sharded_robustness` - :func:`robust_ebm.evaluation.evaluate_robustness`
+  (:func:`~robust_ebm.evaluation.write_attack_run`, ``attack``);
+* :func:`sharded_energy` - :func:`robust_ebm.analysis.analyze_energy`
+  (:func:`~robust_ebm.analysis.study.write_energy_study`, ``energy``, and
+  :func:`~robust_ebm.detection.workflow.write_evaluation`, ``detect evaluate``);
+* :func:`sharded_generation` - :func:`robust_ebm.sampling.generate`
+  (:func:`~robust_ebm.sampling.study.write_generation`, ``generate``).
 
 Merging is exact: per-point tensors are concatenated in index order and every accuracy is
 recomputed from them with the operation the one-process code uses. Wall times cannot merge
@@ -21,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..distributed_eval import run_sharded
+from ..distributed_eval import is_main, run_sharded
 from .robustness import AttackRow, RobustnessReport, as_tensors, evaluate_robustness
 
 __all__ = ["merge_reports", "sharded_energy", "sharded_generation", "sharded_robustness"]
@@ -78,7 +82,8 @@ def sharded_energy(model: nn.Module, x: Tensor, y: Tensor, attacks: Any, batch_s
     def compute(start: int, stop: int) -> EnergyAnalysis | None:
         if stop <= start:  # analyze_energy refuses N = 0
             return None
-        return analyze_energy(model, x[start:stop], y[start:stop], attacks, batch_size, log=log)
+        return analyze_energy(model, x[start:stop], y[start:stop], attacks, batch_size,
+                              log=log if is_main() else None)  # one log, rank 0's
 
     def merge(parts: list[EnergyAnalysis | None]) -> EnergyAnalysis:
         done = [p for p in parts if p is not None]

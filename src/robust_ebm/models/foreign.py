@@ -34,7 +34,7 @@ def load_foreign_state_dict(
     lists are returned as ``{"missing": [...], "unexpected": [...]}``.
     """
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
-        state_dict = state_dict["state_dict"]  # type: ignore[assignment]
+        state_dict = state_dict["state_dict"]
     net_sd: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         key = _strip(key)
