@@ -109,7 +109,7 @@ def load_model(
             if robustbench is not None or "name" in create_kwargs:
                 raise UserError(f"{path}: a robust-ebm checkpoint rebuilds itself from its "
                                 "metadata; drop the architecture / zoo-name options")
-            return _load_own(path, state, dataset).to(map_location).eval()
+            return _load_own(path, state).to(map_location).eval()
     else:
         state = safe_torch_load(path, map_location)
     fs = read_foreign_state(state)
@@ -147,12 +147,9 @@ def _has_metadata(path: Path) -> bool:
         return _META_KEY in (fh.metadata() or {})
 
 
-def _load_own(path: Path, state: dict[str, Tensor], dataset: str | None) -> Classifier:
+def _load_own(path: Path, state: dict[str, Tensor]) -> Classifier:
+    # another dataset of the same shape is allowed here on purpose (out-of-distribution studies)
     meta = read_metadata(path)
-    own = meta.get("dataset")
-    if dataset is not None and own is not None and str(own) != str(dataset):
-        raise UserError(f"{path} was trained on {own}, not {dataset}; use --dataset {own} "
-                        "(or omit --dataset: it defaults to the checkpoint's own)")
     arch = meta["arch"]
     model = create_model(
         arch["name"], arch["num_classes"], arch["in_channels"], arch["mean"],

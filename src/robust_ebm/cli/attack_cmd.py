@@ -16,10 +16,11 @@ from ..errors import UserError
 from ..io import atomic_write, atomic_write_json
 from .common import (
     add_common_args,
+    add_model_args,
     config_of,
     emit,
     float_batch,
-    load_model_and_split,
+    model_and_split,
     nonnegative_float,
     nonnegative_int,
     output_dir,
@@ -35,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run attacks as a cascade (only still-robust points go on) and report "
         "per-attack and worst-case robust accuracy with clean accuracy on the same points.",
     )
-    p.add_argument("--checkpoint", required=True, help="a robust-ebm .safetensors checkpoint")
+    add_model_args(p)
     add_common_args(p)
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--n", type=positive_int, default=1000, help="use N samples (the first N)")
@@ -104,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--attacks is empty; give e.g. --attacks pgd,apgd_ce")
     attacks = _build_attacks(names, _hyperparameters(args))  # bad names fail before loading
     device = resolve_device(args.device)
-    model, ds = load_model_and_split(args.checkpoint, args.dataset, args.split, args.data_dir,
-                                     args.n, device, start=args.start)
+    model, ds = model_and_split(args, args.split, args.n, args.start)
     n = len(ds)
     index = torch.arange(args.start, args.start + n)
     x, y = float_batch(ds, device)

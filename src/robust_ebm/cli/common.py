@@ -149,3 +149,158 @@ def load_model_and_split(
 def float_batch(ds: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of ``ds`` as float in [0, 1] and its labels, on ``device``."""
     return ds.images.to(device).float() / 255.0, ds.labels.to(device)
+
+
+# -- the model options shared by every command that reads a checkpoint -------------------------
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` and how to read it: by zoo name or by architecture (one definition)."""
+    g = p.add_argument_group("model", "what the checkpoint holds (robust-ebm checkpoints know)")
+    g.add_argument("--checkpoint", default=None,
+                   help="a robust-ebm .safetensors checkpoint or a foreign .pt/.pth/.safetensors")
+    g.add_argument("--robustbench", default=None, metavar="NAME",
+                   help="RobustBench zoo name of the checkpoint, e.g. Carmon2019Unlabeled "
+                        "(architecture and normalization from the catalog; docs/models.md)")
+    g.add_argument("--threat-model", default="Linf", choices=("Linf", "L2"),
+                   help="zoo leaderboard of --robustbench (default Linf)")
+    g.add_argument("--arch", default=None,
+                   help="architecture of a foreign checkpoint, e.g. wide_resnet, dm_wide_resnet")
+    g.add_argument("--arch-args", default="", metavar="K=V,...",
+                   help="architecture arguments, e.g. depth=70,widen_factor=16,activation=silu")
+    g.add_argument("--num-classes", type=positive_int, default=None,
+                   help="classes of a foreign checkpoint (default: the dataset's)")
+    g.add_argument("--mean", default=None, help="input mean per channel, e.g. 0.4914,0.4822,0.4465")
+    g.add_argument("--std", default=None, help="input std per channel, e.g. 0.2471,0.2435,0.2616")
+    g.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="refuse a file whose keys do not match exactly (--no-strict loads what "
+                        "fits and reports what it skipped)")
+    p.set_defaults(dataset=None)  # default: the checkpoint's own dataset where it records one
+
+
+def parse_arch_args(text: str) -> dict[str, Any]:
+    """``depth=70,widen_factor=16,sub_block1=true`` -> typed keyword arguments (no eval)."""
+    out: dict[str, Any] = {}
+    for item in [t.strip() for t in str(text or "").split(",") if t.strip()]:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UserError(f"--arch-args wants KEY=VALUE pairs separated by commas; got {item!r}")
+        v = value.strip()
+        if v.lower() in ("true", "false"):
+            out[key.strip()] = v.lower() == "true"
+            continue
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(v)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = v
+    return out
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated numbers; got {text!r}") from None
+
+
+def _zoo_dataset(args: argparse.Namespace) -> str:
+    from ..models.zoo import DATASETS, zoo_entry
+
+    given = args.dataset
+    zoo_ds = given if given in DATASETS else "cifar10"
+    entry = zoo_entry(args.robustbench, zoo_ds, args.threat_model)  # bad names fail here
+    if given is not None and given not in DATASETS and not str(given).endswith(".npz"):
+        raise UserError(f"{entry.name} is a {entry.dataset} model; --dataset {given} does not "
+                        f"fit it: omit --dataset (default {entry.dataset}) or give a "
+                        f"{entry.dataset}-shaped .npz")
+    if given is None:
+        args.dataset = entry.dataset
+    return entry.dataset
+
+
+def model_from_args(args: argparse.Namespace, device: torch.device) -> Any:
+    """The model described by the shared model options, in eval mode on ``device``.
+
+    Also settles ``args.dataset`` when it was not given: the zoo entry's dataset, or the one a
+    robust-ebm checkpoint records (else ``fashion_mnist``). With ``--no-strict`` one line on
+    stderr reports the keys that were skipped.
+    """
+    from ..checkpoint import load_model, read_metadata
+    from ..data import load_dataset
+
+    if args.checkpoint is None and args.robustbench is None:
+        raise UserError("--checkpoint FILE is required (or --robustbench NAME to fetch it "
+                        "with the robustbench package)")
+    if args.robustbench and args.arch:
+        raise UserError("give either --robustbench NAME or --arch ARCH, not both")
+    mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
+    norm = {} if mean is None and std is None else {"mean": mean, "std": std}
+    if args.robustbench:
+        zoo_ds = _zoo_dataset(args)
+        model = load_model(args.checkpoint, device, robustbench=args.robustbench,
+                           dataset=zoo_ds, threat_model=args.threat_model, strict=args.strict,
+                           **norm)
+    elif args.arch:
+        if args.dataset is None:
+            args.dataset = "fashion_mnist"
+        ds = load_dataset(args.dataset, "test", args.data_dir)
+        kwargs = {"num_classes": args.num_classes or ds.num_classes, "in_channels": ds.shape[0],
+                  **parse_arch_args(args.arch_args), **norm}
+        model = load_model(args.checkpoint, device, name=args.arch, strict=args.strict, **kwargs)
+    else:
+        if args.arch_args or norm:
+            raise UserError("--arch-args/--mean/--std describe a foreign checkpoint: add --arch "
+                            "(or --robustbench NAME)")
+        if args.dataset is None:
+            recorded = None
+            if str(args.checkpoint).endswith(".safetensors"):
+                recorded = read_metadata(args.checkpoint).get("dataset")
+            args.dataset = recorded or "fashion_mnist"
+        model = load_model(args.checkpoint, device)
+    report = getattr(model, "load_report", {}) or {}
+    skipped = (report.get("missing") or []) + (report.get("unexpected") or [])
+    if skipped:
+        print(f"robust-ebm: warning: --no-strict: {len(report['missing'])} missing and "
+              f"{len(report['unexpected'])} unexpected keys skipped: {skipped[:8]}",
+              file=sys.stderr)
+    return model
+
+
+def model_and_split(args: argparse.Namespace, split: str | None = None, n: int | None = None,
+                    start: int = 0) -> tuple[Any, Any]:
+    """:func:`model_from_args` plus ``n`` samples of ``split`` from ``start`` on, checked to
+    fit the model (channels, label range)."""
+    from ..data import load_dataset
+
+    device = resolve_device(args.device)
+    model = model_from_args(args, device)
+    ds = load_dataset(args.dataset, split or args.split, args.data_dir)
+    return model.eval(), _fit(ds, model, args.dataset, split or args.split, n, start)
+
+
+def _fit(ds: Any, model: Any, dataset: str, split: str, n: int | None, start: int) -> Any:
+    if ds.shape[0] != model.arch["in_channels"]:
+        raise UserError(
+            f"checkpoint expects {model.arch['in_channels']}-channel images but {dataset} has "
+            f"{ds.shape[0]}; use the dataset the model was trained on"
+        )
+    if ds.num_classes > model.arch["num_classes"]:
+        raise UserError(
+            f"{dataset} has {ds.num_classes} classes but the model predicts "
+            f"{model.arch['num_classes']}; labels would be out of range"
+        )
+    if start >= len(ds):
+        raise UserError(
+            f"--start {start} is past the end of {dataset}/{split} ({len(ds)} samples); "
+            f"use a start below {len(ds)}"
+        )
+    stop = len(ds) if n is None else min(start + n, len(ds))
+    if start > 0 or stop < len(ds):
+        ds = ds.subset(torch.arange(start, stop))
+    return ds

@@ -18,24 +18,15 @@ from torch import nn
 from ..errors import UserError
 from .common import (
     add_common_args,
+    add_model_args,
     config_of,
     emit,
     float_batch,
-    load_model_and_split,
+    model_and_split,
     nonnegative_float,
     output_dir,
     positive_int,
-    resolve_device,
 )
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="a robust-ebm .safetensors checkpoint, or a foreign state dict with --arch")
-    p.add_argument("--arch", default=None,
-                   help="architecture of a foreign checkpoint (e.g. wide_resnet28_10)")
-    p.add_argument("--num-classes", type=positive_int, default=None,
-                   help="classes of a foreign checkpoint (default: the dataset's)")
 
 
 def parse_names(text: str, flag: str) -> list[str]:
@@ -57,9 +48,7 @@ def parse_floats(text: str, flag: str) -> list[float]:
 
 def load_model_and_data(args: argparse.Namespace, split: str | None = None) -> tuple[nn.Module, Any]:
     """The model (eval mode, on the device) and the whole dataset split, checked to fit."""
-    return load_model_and_split(args.checkpoint, args.dataset, split or args.split,
-                                args.data_dir, None, resolve_device(args.device), args.arch,
-                                args.num_classes)
+    return model_and_split(args, split)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -50,8 +50,10 @@ from ..sampling import (
 )
 from .common import (
     add_common_args,
+    add_model_args,
     config_of,
     emit,
+    model_from_args,
     nonnegative_float,
     output_dir,
     positive_int,
@@ -85,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "generate", help="sample images from a classifier with SGLD",
         description="Class-conditional SGLD samples, grids, energy trajectories and "
                     "FID/KID/IS of a checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="the model to sample from")
+    add_model_args(p)
     add_common_args(p)
     p.add_argument("--init", choices=INITS, default="pca",
                    help="starting points: class-wise PCA (default), class Gaussian, U[0,1] noise, "
@@ -259,8 +261,8 @@ def run(args: argparse.Namespace) -> int:
     if args.real_n < 0:
         raise UserError(f"--real-n must be >= 0; got {args.real_n}")
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, map_location=device)
-    model_sha = file_sha256(args.checkpoint)
+    model = model_from_args(args, device)
+    model_sha = file_sha256(args.checkpoint) if args.checkpoint else None
     train_ds = load_dataset(args.dataset, "train", args.data_dir)
     if tuple(train_ds.shape[:1]) != (model.arch["in_channels"],):
         raise UserError(
@@ -294,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = CLASS_NAMES.get(train_ds.name)
     ckpt_meta = read_metadata(args.checkpoint) if str(args.checkpoint).endswith(
-        ".safetensors") else {}
+        ".safetensors") and not (args.robustbench or args.arch) else {}
     what = (f"{ckpt_meta.get('objective', '?')} {model.arch['name']} | init {args.init}, "
             f"{args.steps} steps, eta {args.step_size}, zeta {args.momentum}, s {args.noise_std}")
     files = {
