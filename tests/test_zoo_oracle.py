@@ -1,4 +1,4 @@
-"""Oracle: every RobustBench CIFAR-10 Linf/L2 entry, built by robustbench's own model code with
+"""Oracle: every RobustBench CIFAR-10 Linf/L2 (and CIFAR-100 Linf) entry, built by robustbench's own model code with
 random weights and BatchNorm statistics, saved as its zoo file is laid out and loaded by name
 with robust_ebm.checkpoint.load_model, gives the same logits (1e-5 relative).
 
@@ -145,11 +145,13 @@ def _zoo_file(state: dict, layout: str) -> object:
     return state
 
 
-ENTRIES = [e for e in list_zoo("cifar10") if e.threat_model in ("Linf", "L2")]
+# every CIFAR-10 Linf and L2 entry, and the CIFAR-100 Linf ones (catalogued too)
+ENTRIES = list_zoo("cifar10") + list_zoo("cifar100")
 
 
 def _row(e):
-    return (e.arch or e.name, tuple(sorted(e.kwargs.items())), e.mean, e.std, e.layout)
+    return (e.dataset, e.arch or e.name, tuple(sorted(e.kwargs.items())), e.mean, e.std,
+            e.layout)
 
 
 FIRST = {}
@@ -165,7 +167,7 @@ def _millions_of_parameters(e) -> float:
 def _param(e):
     big = _millions_of_parameters(FIRST[_row(e)]) > 90 or e.name == "Huang2022Revisiting_WRN-A4"
     marks = [pytest.mark.slow] if big else []
-    return pytest.param(e, id=f"{e.threat_model}-{e.name}", marks=marks)
+    return pytest.param(e, id=f"{e.dataset}-{e.threat_model}-{e.name}", marks=marks)
 
 
 def _spec(rb, e):
