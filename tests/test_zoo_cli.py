@@ -103,7 +103,7 @@ def test_dataset_defaults_to_the_zoo_entrys(zoo_files, capsys):
     code, _, err = _run(capsys, "evaluate", "--robustbench", "Carmon2019Unlabeled",
                         "--checkpoint", zoo_files / "Carmon2019Unlabeled.pt", "--n", 2,
                         "--data-dir", zoo_files)
-    assert code == 2 and "cifar10" in err.lower()
+    assert code == 2 and "cifar10 (test split" in err and "not found" in err
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -130,3 +130,21 @@ def test_bad_model_options_one_line_exit_2_nothing_written(zoo_files, tmp_path, 
         assert code == 2, err
         assert needle in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists()
+
+
+def test_dataset_defaults_to_the_one_a_checkpoint_records(tmp_path, tiny_npz, capsys):
+    from robust_ebm.checkpoint import save_model
+
+    ckpt = save_model(tmp_path / "m.safetensors", create_model("small_cnn", 2, 1),
+                      dataset=str(tiny_npz))
+    code, out, err = _run(capsys, "evaluate", "--checkpoint", ckpt, "--out", tmp_path / "ev",
+                          "--json")
+    assert code == 0, err
+    assert json.loads(out)["dataset"] == str(tiny_npz)
+
+
+def test_fetch_without_robustbench_names_the_extra(tmp_path, capsys):
+    code, _, err = _run(capsys, "evaluate", "--robustbench", "Carmon2019Unlabeled",
+                        "--out", tmp_path / "ev")
+    assert code == 2 and "robust-ebm[robustbench]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ev").exists()

@@ -44,8 +44,11 @@ def nonnegative_float(text: str) -> float:
 
 def add_common_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     if data:
-        p.add_argument("--dataset", default="fashion_mnist",
-                       help="dataset name (see 'robust-ebm data list') or a .npz file")
+        # commands that read a checkpoint default to its own dataset (see add_model_args)
+        own = p.get_default("dataset_from_checkpoint")
+        p.add_argument("--dataset", default=None if own else "fashion_mnist",
+                       help="dataset name (see 'robust-ebm data list') or a .npz file"
+                       + (" (default: the checkpoint's own)" if own else ""))
         p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
@@ -175,7 +178,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                    help="refuse a file whose keys do not match exactly (--no-strict loads what "
                         "fits and reports what it skipped)")
-    p.set_defaults(dataset=None)  # default: the checkpoint's own dataset where it records one
+    # --dataset defaults to the checkpoint's own dataset where it records one (either order)
+    p.set_defaults(dataset=None, dataset_from_checkpoint=True)
 
 
 def parse_arch_args(text: str) -> dict[str, Any]:
