@@ -148,3 +148,14 @@ def test_fetch_without_robustbench_names_the_extra(tmp_path, capsys):
                         "--out", tmp_path / "ev")
     assert code == 2 and "robust-ebm[robustbench]" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "ev").exists()
+
+
+def test_no_strict_loads_what_fits_and_says_what_it_skipped(zoo_files, tmp_path, capsys):
+    args = ["evaluate", "--arch", "wide_resnet", "--arch-args", "depth=28,widen_factor=10",
+            "--mean", "0", "--std", "1", "--checkpoint", zoo_files / "Carmon2019Unlabeled.pt",
+            "--dataset", zoo_files / "cifar_tiny.npz", "--n", 2, "--out", tmp_path / "ev"]
+    code, _, err = _run(capsys, *args)
+    assert code == 2 and "sub_block1" in err
+    code, _, err = _run(capsys, *args, "--no-strict")
+    assert code == 0, err
+    assert "--no-strict" in err and "unexpected keys skipped" in err and "sub_block1." in err

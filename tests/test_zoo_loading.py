@@ -202,6 +202,8 @@ def test_checkpoint_for_another_dataset_is_refused(tmp_path):
 
 
 def test_exotic_entry_without_robustbench_names_the_extra(tmp_path):
+    with pytest.raises(UserError, match="probabilities, not logits"):
+        load_model(robustbench="Chen2020Adversarial")
     torch.save({"w": torch.zeros(1)}, tmp_path / "x.pt")
     with pytest.raises(UserError, match=r"robust-ebm\[robustbench\]"):
         load_model(tmp_path / "x.pt", robustbench="Debenedetti2022Light_XCiT-S12")

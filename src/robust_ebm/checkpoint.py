@@ -200,6 +200,9 @@ def _via_robustbench(entry: Any, state: Any, strict: bool,
                      model_dir: str | os.PathLike[str] | None) -> Classifier:
     """Build an exotic zoo entry with the robustbench package's own code (optional extra)."""
     why = f" ({entry.note})" if entry.note else ""
+    if "probabilities" in entry.note:  # energies need logits; log-probabilities would shift
+        raise UserError(f"{entry.name} outputs averaged softmax probabilities, not logits"
+                        f"{why}: its energies are undefined, so robust-ebm does not load it")
     try:
         from robustbench.model_zoo import model_dicts
         from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
