@@ -86,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _val_split_args(args: argparse.Namespace) -> tuple[int, int]:
     size, seed = args.val_size, args.val_seed
-    run_json = Path(args.checkpoint).parent / "run.json"
+    run_json = Path(args.checkpoint or ".").parent / "run.json"
     if (size is None or seed is None) and run_json.is_file():
         try:
             cfg = json.loads(run_json.read_text()).get("config", {})

@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         {k: analysis.per_sample(k)["E"].numpy() for k in analysis.adversarial},
         out / "energy_hist.png", title=f"E(x) clean vs attacked, eps={args.eps:g}",
     )
-    md = energy_section(result, f"Energy under attack: {Path(args.checkpoint).parent.name} "
+    name = args.robustbench or Path(args.checkpoint).parent.name
+    md = energy_section(result, f"Energy under attack: {name} "
                                 f"({args.dataset}/{args.split}, eps {args.eps:g})")
     if not args.no_sweep:
         sweep = sweep_pgd(model, x, y, args.eps, steps_grid, factors, norm=args.norm,
