@@ -16,8 +16,10 @@ from typing import Any
 from ..errors import UserError
 from .common import (
     add_common_args,
+    add_model_args,
     config_of,
     emit,
+    model_from_args,
     nonnegative_float,
     output_dir,
     positive_float,
@@ -41,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "generate", help="sample images from a classifier with SGLD",
         description="Class-conditional SGLD samples, grids, energy trajectories and "
                     "FID/KID/IS of a checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="the model to sample from")
+    add_model_args(p)
     add_common_args(p)
     p.add_argument("--init", choices=INITS, default="pca",
                    help="starting points: class-wise PCA (default), class Gaussian, U[0,1] noise, "
@@ -74,7 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model, read_metadata
+    from ..checkpoint import read_metadata
     from ..data import load_dataset
     from ..generation_metrics import load_feature_network
     from ..io import file_sha256
@@ -86,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if args.real_n < 0:
         raise UserError(f"--real-n must be >= 0; got {args.real_n}")
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint, map_location=device)
-    model_sha = file_sha256(args.checkpoint)
+    model = model_from_args(args, device)
+    model_sha = file_sha256(args.checkpoint) if args.checkpoint else None
     train_ds = load_dataset(args.dataset, "train", args.data_dir)
     channels = int(model.arch["in_channels"])
     classes = study.parse_classes(args.classes, int(model.arch["num_classes"]))
