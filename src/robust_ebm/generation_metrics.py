@@ -336,7 +336,8 @@ def describe_feature_network(path: str | os.PathLike[str], sha256: str) -> str:
 
 
 def load_feature_network(
-    path: str | os.PathLike[str], model_sha256: str, in_channels: int, device: torch.device
+    path: str | os.PathLike[str], model_sha256: str | None, in_channels: int,
+    device: torch.device,
 ) -> tuple[ClassifierFeatures, str]:
     """The feature network of the metrics and its name (:func:`describe_feature_network`).
 

@@ -18,9 +18,10 @@ from ..distributed_eval import rank_device
 from ..errors import UserError
 from .common import (
     add_common_args,
+    add_model_args,
     emit,
     float_batch,
-    load_model_and_split,
+    model_and_split,
     nonnegative_float,
     nonnegative_int,
     positive_int,
@@ -34,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "attack", help="robust accuracy under an attack cascade; saves adversarial examples",
         description="Run attacks as a cascade (only still-robust points go on) and report "
-        "per-attack and worst-case robust accuracy with clean accuracy on the same points.")
-    p.add_argument("--checkpoint", required=True, help="a robust-ebm .safetensors checkpoint")
+        "per-attack and worst-case robust accuracy with clean accuracy on the same points.",
+    )
+    add_model_args(p)
     add_common_args(p)
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--n", type=positive_int, default=1000, help="use N samples (the first N)")
@@ -77,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
         hp["steps"] = args.steps
     attacks = build_attacks(names, hp)  # bad names fail before loading
     device = rank_device(resolve_device(args.device))  # under torchrun: this rank's GPU
-    model, ds = load_model_and_split(args.checkpoint, args.dataset, args.split, args.data_dir,
-                                     args.n, device, start=args.start)
+    model, ds = model_and_split(args, args.split, args.n, args.start)
     n = len(ds)
     x, y = float_batch(ds, device)
     out = start_run(args, "attack", device)

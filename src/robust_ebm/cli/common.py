@@ -13,9 +13,16 @@ from typing import Any
 
 import torch
 
-from ..distributed_eval import is_main, rank_device
+from ..distributed_eval import is_main
 from ..errors import UserError
-from ..loading import float_batch, load_model_and_split  # noqa: F401  (used by commands)
+from ..loading import (  # noqa: F401  (used by commands)
+    float_batch,
+    load_model_and_split,
+    model_and_split,
+    model_from_args,
+    parse_arch_args,
+    resolve_device,
+)
 from ..statistics import format_clean_report as format_report  # noqa: F401  (used by commands)
 
 
@@ -56,26 +63,17 @@ def positive_float(text: str) -> float:
 
 def add_common_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     if data:
-        p.add_argument("--dataset", default="fashion_mnist",
-                       help="dataset name (see 'robust-ebm data list') or a .npz file")
+        # commands that read a checkpoint default to its own dataset (see add_model_args)
+        own = p.get_default("dataset_from_checkpoint")
+        p.add_argument("--dataset", default=None if own else "fashion_mnist",
+                       help="dataset name (see 'robust-ebm data list') or a .npz file"
+                       + (" (default: the checkpoint's own)" if own else ""))
         p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
                    help="output folder (default: runs/<command>-<UTC time>)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available; use --device cpu")
-    return dev
 
 
 def output_dir(args: argparse.Namespace, command: str, create: bool = True) -> Path:
@@ -116,16 +114,6 @@ def emit(result: dict[str, Any], as_json: bool, text: str) -> None:
         sys.stdout.write(text.rstrip("\n") + "\n")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--checkpoint, and --arch/--num-classes for a foreign state dict."""
-    p.add_argument("--checkpoint", required=True,
-                   help="a robust-ebm .safetensors checkpoint, or a foreign state dict with --arch")
-    p.add_argument("--arch", default=None,
-                   help="architecture of a foreign checkpoint (e.g. wide_resnet28_10)")
-    p.add_argument("--num-classes", type=positive_int, default=None,
-                   help="classes of a foreign checkpoint (default: the dataset's)")
-
-
 def parse_names(text: str, flag: str) -> list[str]:
     """A comma-separated list of names; UserError naming ``flag`` when it is empty."""
     names = [a.strip() for a in str(text).split(",") if a.strip()]
@@ -148,6 +136,32 @@ def parse_floats(text: str, flag: str) -> list[float]:
 def load_model_and_data(args: argparse.Namespace, split: str | None = None) -> tuple[Any, Any]:
     """The model of ``add_model_args`` (eval mode, on ``--device``; under torchrun on CUDA, this
     rank's GPU) and the whole dataset split (default ``--split``), checked to fit."""
-    return load_model_and_split(args.checkpoint, args.dataset, split or args.split,
-                                args.data_dir, None, rank_device(resolve_device(args.device)),
-                                args.arch, args.num_classes)
+    return model_and_split(args, split)
+
+
+# -- the model options shared by every command that reads a checkpoint -------------------------
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` and how to read it: by zoo name or by architecture (one definition)."""
+    g = p.add_argument_group("model", "what the checkpoint holds (robust-ebm checkpoints know)")
+    g.add_argument("--checkpoint", default=None,
+                   help="a robust-ebm .safetensors checkpoint or a foreign .pt/.pth/.safetensors")
+    g.add_argument("--robustbench", default=None, metavar="NAME",
+                   help="RobustBench zoo name of the checkpoint, e.g. Carmon2019Unlabeled "
+                        "(architecture and normalization from the catalog; docs/models.md)")
+    g.add_argument("--threat-model", default="Linf", choices=("Linf", "L2"),
+                   help="zoo leaderboard of --robustbench (default Linf)")
+    g.add_argument("--arch", default=None,
+                   help="architecture of a foreign checkpoint, e.g. wide_resnet, dm_wide_resnet")
+    g.add_argument("--arch-args", default="", metavar="K=V,...",
+                   help="architecture arguments, e.g. depth=70,widen_factor=16,activation=silu")
+    g.add_argument("--num-classes", type=positive_int, default=None,
+                   help="classes of a foreign checkpoint (default: the dataset's)")
+    g.add_argument("--mean", default=None, help="input mean per channel, e.g. 0.4914,0.4822,0.4465")
+    g.add_argument("--std", default=None, help="input std per channel, e.g. 0.2471,0.2435,0.2616")
+    g.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="refuse a file whose keys do not match exactly (--no-strict loads what "
+                        "fits and reports what it skipped)")
+    # --dataset defaults to the checkpoint's own dataset where it records one (either order)
+    p.set_defaults(dataset=None, dataset_from_checkpoint=True)

@@ -18,7 +18,9 @@ from ..distributed_eval import rank_device
 from ..errors import UserError
 from .common import (
     add_common_args,
+    add_model_args,
     emit,
+    model_from_args,
     nonnegative_float,
     positive_float,
     positive_int,
@@ -43,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "generate", help="sample images from a classifier with SGLD",
         description="Class-conditional SGLD samples, grids, energy trajectories and "
                     "FID/KID/IS of a checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="the model to sample from")
+    add_model_args(p)
     add_common_args(p)
     p.add_argument("--init", choices=INITS, default="pca",
                    help="starting points: class-wise PCA (default), class Gaussian, U[0,1] noise, "
@@ -77,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model, read_metadata
+    from ..checkpoint import read_metadata
     from ..data import load_dataset
     from ..generation_metrics import load_feature_network
     from ..io import file_sha256
@@ -88,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if args.real_n < 0:
         raise UserError(f"--real-n must be >= 0; got {args.real_n}")
     device = rank_device(resolve_device(args.device))  # under torchrun: this rank's GPU
-    model = load_model(args.checkpoint, map_location=device)
-    model_sha = file_sha256(args.checkpoint)
+    model = model_from_args(args, device)
+    model_sha = file_sha256(args.checkpoint) if args.checkpoint else None
     train_ds = load_dataset(args.dataset, "train", args.data_dir)
     channels = int(model.arch["in_channels"])
     classes = study.parse_classes(args.classes, int(model.arch["num_classes"]))
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
             f"{args.steps} steps, eta {args.step_size}, zeta {args.momentum}, s {args.noise_std}")
     res = study.write_generation(
         fast_model(model, args), init, sampler, out, classes=classes,
-        n_per_class=args.n_per_class, real=real, features=features, batch_size=args.batch_size, seed=args.seed, grid_cols=args.grid_cols,
+        n_per_class=args.n_per_class, real=real, features=features, batch_size=args.batch_size,
+        seed=args.seed, grid_cols=args.grid_cols,
         class_names=study.CLASS_NAMES.get(train_ds.name), title=what, init_name=args.init,
         real_set=None if real is None else
         f"{train_ds.name} train, {len(real)} images (seed {args.seed})")

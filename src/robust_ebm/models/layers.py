@@ -38,6 +38,7 @@ class Classifier(nn.Module):
         self.normalize = Normalize(mean, std)
         self.net = net
         self.arch = arch
+        self.load_report: dict[str, Any] = {}  # set by load_model: what was read or skipped
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.normalize(x))
