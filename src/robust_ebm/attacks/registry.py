@@ -7,6 +7,8 @@ gamma=1.5)``. Unknown names raise a UserError listing the choices.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +33,20 @@ def list_attacks() -> list[str]:
 
 
 def make_attack(name: str, **hyperparameters: Any) -> Attack:
-    """Build a registered attack, called as ``attack(model, x, y, targets=None) -> x_adv``."""
-    return ATTACKS.get(name)(**hyperparameters)
+    """Build a registered attack, called as ``attack(model, x, y, targets=None) -> x_adv``.
+
+    Every numeric hyperparameter must be finite (NaN/Inf are refused with the name), and an
+    option the attack does not take is a UserError naming it.
+    """
+    build = ATTACKS.get(name)
+    for key, value in hyperparameters.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"attack {name!r}: {key} must be a finite number; got {value!r}")
+    try:
+        return build(**hyperparameters)
+    except TypeError as exc:
+        raise UserError(f"attack {name!r} does not take these options "
+                        f"({', '.join(sorted(hyperparameters))}): {exc}") from None
 
 
 def _build(cls: type, defaults: dict[str, Any], hp: dict[str, Any]) -> Attack:

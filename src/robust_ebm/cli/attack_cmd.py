@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     attacks = build_attacks(names, hp)  # bad names fail before loading
     device = resolve_device(args.device)
     model, ds = load_model_and_split(args.checkpoint, args.dataset, args.split, args.data_dir,
-                                     args.n, device, start=args.start)
+                                     args.n, device, start=args.start, force=args.force)
     n = len(ds)
     x, y = float_batch(ds, device)
     out = output_dir(args, "attack")

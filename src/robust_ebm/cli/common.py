@@ -28,6 +28,13 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    value = _int_at_least(text, 0)
+    if value > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be <= 2**32-1; got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
@@ -36,12 +43,26 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # values are cast to float32 tensors
+
+
+def finite_float(text: str) -> float:
+    """A finite number (NaN, Inf and values beyond float32 refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not abs(value) <= _FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text}")
+    return value
+
+
 def nonnegative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
+    if not value >= 0 or value > _FLOAT32_MAX:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
     return value
 
@@ -53,15 +74,20 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_common_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+def add_common_args(p: argparse.ArgumentParser, data: bool = True, force: bool = True) -> None:
     if data:
         p.add_argument("--dataset", default="fashion_mnist",
                        help="dataset name (see 'robust-ebm data list') or a .npz file")
         p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    if data and force:
+        p.add_argument("--force", action="store_true",
+                       help="run even when the checkpoint records another dataset or image size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed, 0 .. 2**32-1")
     p.add_argument("--out", default=None,
                    help="output folder (default: runs/<command>-<UTC time>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (default: refuse a non-empty --out)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -78,15 +104,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def output_dir(args: argparse.Namespace, command: str) -> Path:
+    """The run's output folder, created and locked (:func:`robust_ebm.outputs.prepare_out`).
+
+    Call it only after the inputs were checked: a refused run must create nothing.
+    """
+    from ..outputs import prepare_out
+
     if args.out:
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} exists and is not a folder; pick another path")
     else:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{command}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return prepare_out(out, overwrite=bool(getattr(args, "overwrite", False)),
+                       resume=bool(getattr(args, "resume", False)))
 
 
 def config_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,4 +167,4 @@ def load_model_and_data(args: argparse.Namespace, split: str | None = None) -> t
     (default ``--split``), checked to fit."""
     return load_model_and_split(args.checkpoint, args.dataset, split or args.split,
                                 args.data_dir, None, resolve_device(args.device), args.arch,
-                                args.num_classes)
+                                args.num_classes, force=bool(getattr(args, "force", False)))

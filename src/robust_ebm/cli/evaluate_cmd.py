@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, ds = load_model_and_split(args.checkpoint, args.dataset, args.split, args.data_dir,
-                                     args.n, device)
+                                     args.n, device, force=args.force)
     out = output_dir(args, "evaluate")
     write_run_json(out, config_of(args), args.seed, device)
     report = clean_report(model, ds.images, ds.labels, args.batch_size)

@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..generation_metrics import load_feature_network
     from ..io import file_sha256
+    from ..loading import check_model_fits_data, recorded_metadata
     from ..provenance import write_run_json
     from ..sampling import SGLD, study
 
@@ -89,12 +90,16 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, map_location=device)
     model_sha = file_sha256(args.checkpoint)
     train_ds = load_dataset(args.dataset, "train", args.data_dir)
+    check_model_fits_data(model, recorded_metadata(args.checkpoint), train_ds, args.dataset,
+                          args.force)
     channels = int(model.arch["in_channels"])
     classes = study.parse_classes(args.classes, int(model.arch["num_classes"]))
     study.check_training_data(train_ds, channels, classes, args.init, args.dataset)
     features = real = None
     if args.features:
         features = load_feature_network(args.features, model_sha, channels, device)
+        check_model_fits_data(features[0].model, recorded_metadata(args.features), train_ds,
+                              f"{args.dataset} (the samples of --features' model)", args.force)
         real = study.real_subset(train_ds, args.real_n, args.seed)
 
     out = output_dir(args, "generate")

@@ -20,7 +20,15 @@ from ..models import create_model, list_models
 from ..objectives import list_objectives, make_objective
 from ..provenance import write_run_json
 from ..train import PRECISIONS, SCHEDULES, default_callbacks, train
-from ..train.config import apply_set, default_config, eval_config, load_toml, merge, train_config
+from ..train.config import (
+    apply_set,
+    default_config,
+    eval_config,
+    load_toml,
+    merge,
+    train_config,
+    validate_config,
+)
 from ..train.loop import check_device_options
 from .common import (
     add_common_args,
@@ -57,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
-    add_common_args(p)
+    add_common_args(p, force=False)
     # Every setting defaults to None here so that only flags given explicitly override the
     # config file; the real defaults live in robust_ebm.train.config.default_config.
     p.set_defaults(dataset=None, seed=None)
@@ -108,7 +116,7 @@ def resolve_config(args: argparse.Namespace, defaults: dict[str, Any] | None = N
             cfg[section][key] = value
     for assignment in args.overrides:
         apply_set(cfg, assignment)
-    return cfg
+    return validate_config(cfg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,7 +169,7 @@ def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
     if is_main and not args.resume:
         write_run_json(out, cfg, tcfg.seed, device)
     meta = {"dataset": data["dataset"], "objective": cfg["objective"]["name"],
-            "objective_config": cfg["objective"]}
+            "objective_config": cfg["objective"], "input_shape": list(train_set.shape)}
     log = (lambda s: None) if (args.json or not is_main) else print
     callbacks = default_callbacks(ecfg, tcfg.seed, train_set, val_set=val, test_set=test,
                                   out_dir=out, metadata=meta, config=cfg["train"])
