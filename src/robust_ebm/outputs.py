@@ -4,9 +4,9 @@ A command writes into one folder (``--out``). :func:`prepare_out` is called only
 command's inputs were checked, so a refused run creates nothing. It
 
 * refuses a path that is a file or a dangling symbolic link;
-* refuses a non-empty folder unless the caller says ``overwrite`` (the previous run's files are
-  then removed first, so no file of the old run is left beside the new ones) or ``resume``
-  (training continues the run whose ``state.pt`` is there);
+* refuses a non-empty folder unless the caller says ``overwrite`` (the new run's files replace
+  the old ones of the same name, each atomically; other files are left as they are) or
+  ``resume`` (training continues the run whose ``state.pt`` is there);
 * takes an exclusive lock (``<out>/.lock``, ``flock``) held until :func:`release_all`, so a
   second run into the same folder is refused instead of interleaving its files;
 * deletes the temporary files (``.*.tmp``) an interrupted atomic write left behind.
@@ -58,8 +58,6 @@ def prepare_out(out: str | os.PathLike[str], *, overwrite: bool = False,
                 f"--out {out} already holds {what} ({', '.join(sorted(p.name for p in leftovers)[:4])}"
                 f"{', ...' if len(leftovers) > 4 else ''}); pass --overwrite to replace it, "
                 "--resume to continue a training run, or pick another folder")
-        for p in leftovers:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,6 +116,9 @@ def output_dir(args: argparse.Namespace, command: str) -> Path:
     else:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{command}-{stamp}"
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 checks and locks the folder
+        out.mkdir(parents=True, exist_ok=True)
+        return out
     return prepare_out(out, overwrite=bool(getattr(args, "overwrite", False)),
                        resume=bool(getattr(args, "resume", False)))
 

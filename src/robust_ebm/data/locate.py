@@ -7,8 +7,8 @@ file is a CorruptDataError); a passed check is cached by (path, size, mtime) in
 Search order (first hit wins), each root tried as ``<root>/<name>/`` and then as ``<root>/``
 itself (``<name>`` also with dashes, e.g. ``fashion-mnist``):
 
-1. the explicit ``data_dir`` argument (``--data-dir`` on the CLI); when it is given, it is the
-   only place searched (a split missing there is an error, never a silent fallback);
+1. the explicit ``data_dir`` argument (``--data-dir`` on the CLI); when it is given, a split
+   missing there is an error naming where another copy is (never a silent fallback);
 2. the ``ROBUST_EBM_DATA`` environment variable (several roots separated by ``os.pathsep``);
 3. system locations: ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` installs
    ``/usr/share/datasets/fashion-mnist``);
@@ -53,13 +53,12 @@ def cache_dir() -> Path:
 def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
     """Every folder searched for dataset ``name``, in order, without duplicates."""
     roots: list[Path] = []
-    if data_dir is not None:  # an explicit folder is the only place searched: no fallback
+    if data_dir is not None:
         root = Path(data_dir).expanduser()
         if root.exists() and not root.is_dir():
             raise UserError(f"--data-dir {root} is a file; pass the folder that holds the "
                             "dataset files")
-        aliases = dict.fromkeys([name, name.replace("_", "-")])
-        return list(dict.fromkeys([root / a for a in aliases] + [root]))
+        roots.append(root)
     env = os.environ.get("ROBUST_EBM_DATA", "")
     roots += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
     system = list(SYSTEM_ROOTS)
@@ -108,10 +107,17 @@ def find_split(
     _check_split(info, split)
     if info.format == "digits":
         return []
-    for d in candidate_dirs(info.name, data_dir):
+    dirs = candidate_dirs(info.name, data_dir)
+    explicit = dirs[: 3 if info.name != info.name.replace("_", "-") else 2] if data_dir else []
+    for d in dirs:
         if d.is_dir():
             hit = _find_in_dir(info, split, d)
             if hit is not None:
+                if data_dir is not None and d not in explicit:
+                    # never a silent fallback from the folder the user named to another copy
+                    raise DataNotFoundError(
+                        f"--data-dir {data_dir} lacks the {split} split of {info.name} (another "
+                        f"copy is at {d}); put the files there or drop --data-dir to use {d}")
                 return hit
     return None
 

@@ -19,6 +19,7 @@ import importlib
 import io
 import pickle
 import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -332,8 +333,13 @@ def read_npz(path: str | Path, split: str = "train") -> tuple[Tensor, Tensor, in
             raise UserError(
                 f"{path}: found keys {sorted(keys)}; expected x_{split}/y_{split} or images/labels"
             )
-        x = npz_to_nchw(npz[xk], f"{path}:{xk}")
-        y = np.asarray(npz[yk]).reshape(-1)
+        try:
+            x_raw, y_raw = npz[xk], npz[yk]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # object arrays, damage
+            raise CorruptDataError(f"{path}: cannot read {xk}/{yk} ({exc}); save plain "
+                                   "uint8 images and integer labels with numpy.savez") from None
+        x = npz_to_nchw(x_raw, f"{path}:{xk}")
+        y = np.asarray(y_raw).reshape(-1)
         if not np.issubdtype(y.dtype, np.integer):
             raise UserError(f"{path}:{yk}: labels must be integers; got {y.dtype}")
         if "num_classes" in keys:

@@ -273,8 +273,11 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     for section in cfg:
         if section not in SECTIONS:
             raise UserError(f"unknown config section {section!r}{closest(section, SECTIONS)}")
-    check_choice("model.name", cfg["model"].get("name"), list_models())
-    check_choice("objective.name", cfg["objective"].get("name"), list_objectives())
+    for section, names in (("model", list_models()), ("objective", list_objectives())):
+        name = cfg[section].get("name")
+        if not isinstance(name, str) or name not in names:
+            raise UserError(f"unknown {section} {name!r} ({section}.name){closest(str(name), names)};"
+                            f" choose one of {', '.join(names)}")
     types_ = schema(cfg)
     for section in SECTIONS:
         for key, value in cfg[section].items():
