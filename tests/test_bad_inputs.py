@@ -250,8 +250,8 @@ def _make_ckpt(kind: str, world: Path, dst: Path) -> None:
     elif kind == "meta_std_zero":
         _with_header(src, dst, _meta_edit(lambda m: m["arch"].update(std=[0.0])))
     elif kind == "nan_weights":
-        from safetensors.torch import load_file, save_file
         from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
 
         state = load_file(str(src))
         first = sorted(k for k, v in state.items() if v.is_floating_point())[-1]

@@ -8,7 +8,6 @@ gamma=1.5)``. Unknown names raise a UserError listing the choices.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from typing import Any
 

@@ -13,11 +13,11 @@ import torch
 
 from ..errors import UserError
 from .common import (
-    finite_float,
     add_common_args,
     add_model_args,
     config_of,
     emit,
+    finite_float,
     float_batch,
     load_model_and_data,
     nonnegative_float,

@@ -14,7 +14,6 @@ name it for what it is. Lower energy = more likely (see :mod:`robust_ebm.energy`
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from dataclasses import dataclass
 
