@@ -8,6 +8,7 @@ gamma=1.5)``. Unknown names raise a UserError listing the choices.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -44,8 +45,10 @@ def make_attack(name: str, **hyperparameters: Any) -> Attack:
     try:
         return build(**hyperparameters)
     except TypeError as exc:
-        raise UserError(f"attack {name!r} does not take these options "
-                        f"({', '.join(sorted(hyperparameters))}): {exc}") from None
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        what = f"the option {bad.group(1)!r}" if bad else f"these options ({exc})"
+        raise UserError(f"attack {name!r} does not take {what}; drop it or choose another "
+                        f"attack (see 'robust-ebm attack --help')") from None
 
 
 def _build(cls: type, defaults: dict[str, Any], hp: dict[str, Any]) -> Attack:

@@ -60,7 +60,7 @@ _ERRNO = {
     errno.EROFS: ("read-only file system", "write to a writable folder (--out)"),
     errno.EISDIR: ("is a folder, expected a file", "pass a file"),
     errno.ENOTDIR: ("a part of the path is a file, expected a folder", "check the path"),
-    errno.EEXIST: ("already exists", "remove it or pick another path"),
+    errno.EEXIST: ("exists but is not a folder", "pass a folder or another path"),
     errno.ENAMETOOLONG: ("file name too long", "use a shorter path"),
     errno.ELOOP: ("too many symbolic links", "check the symbolic links on the path"),
     errno.EMFILE: ("too many open files", "raise the open-file limit (ulimit -n)"),
