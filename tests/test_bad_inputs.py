@@ -25,11 +25,15 @@ Distinct bad inputs, by category (``test_count_is_honest`` recomputes the parame
 * single cases: closest-key hint, deeply nested TOML, another dataset, another image size,
   a file as --data-dir, a tampered Fashion-MNIST file, ``data verify`` with nothing matching,
   3 malformed detector objects, a second run without --overwrite, a concurrent run,
-  full disk, read-only disk, bit-flipped state.pt ........................ 15
+  full disk, read-only disk, bit-flipped state.pt, a file as --stats-dir, an internal
+  error with and without --debug .......................................... 17
+* failures of the environment: 6 errnos mapped to their names, 3 broken downloads
+  (interrupted, disk full, refused) ....................................... 9
 * hypothesis: random identifiers as unknown ``[train]`` keys and random bytes as a
   checkpoint ............................................................. up to 40 + 40
 
-Total: 517 parametrised + 15 single = 532 fixed bad inputs, plus up to 80 generated ones.
+Total: 517 parametrised + 17 single + 9 environment = 543 fixed bad inputs, plus up to 80
+generated ones.
 SIGKILL-and-rerun checks (train, evaluate, attack; 4 kill moments each) live in
 ``test_kill_and_rerun`` (marked slow), the bit-flipped state.pt in ``test_bitflipped_state_refused``
 (slow); without them the module runs in about a minute on one CPU core.
@@ -38,6 +42,7 @@ SIGKILL-and-rerun checks (train, evaluate, attack; 4 kill moments each) live in
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -468,6 +473,78 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+# ---- 6b. the boundary's own mapping: errno, internal errors, --debug, downloads ------------
+
+@pytest.mark.parametrize("err,expected", [
+    (errno.EACCES, "permission denied"), (errno.ENOSPC, "disk full"),
+    (errno.EROFS, "read-only file system"), (errno.EISDIR, "is a folder"),
+    (errno.ENOENT, "not found"), (errno.EDQUOT, "quota"),
+])
+def test_os_errors_named_by_errno(world, monkeypatch, err, expected):
+    import robust_ebm.cli.evaluate_cmd as ev
+
+    def fail(*a, **k):
+        raise OSError(err, os.strerror(err), "some/file")
+
+    monkeypatch.setattr(ev, "clean_report", fail)
+    out = assert_refused([*BASE["evaluate"]], world)
+    assert expected in out and "some/file" in out and "network" not in out
+
+
+def test_internal_error_one_line_and_debug_traceback(world, monkeypatch):
+    import robust_ebm.cli.evaluate_cmd as ev
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(ev, "clean_report", boom)
+    code, err = run_cli([*BASE["evaluate"], "--out", "o"], world)
+    assert code == 1 and "Traceback" not in err and "--debug" in err
+    assert len(err.strip().splitlines()) == 1 and not (world / "o").exists()
+    code, err = run_cli(["--debug", *BASE["evaluate"], "--out", "o"], world)
+    assert code == 1 and "Traceback" in err and "ZeroDivisionError" in err
+
+
+@pytest.mark.parametrize("failure", ["incomplete", "disk_full", "refused"])
+def test_interrupted_or_failed_download(tmp_path, monkeypatch, failure):
+    import http.client
+    import urllib.request
+
+    class Resp:
+        headers = {"Content-Length": "100"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self, n):
+            if failure == "incomplete":
+                raise http.client.IncompleteRead(b"abc", 97)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def urlopen(url, timeout=None):
+        if failure == "refused":
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        return Resp()
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    code, err = run_cli(["data", "download", "mnist", "--data-dir", str(tmp_path / "d"),
+                         "--base-url", "http://mirror.invalid/x"], tmp_path)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    if failure == "disk_full":
+        assert "disk full" in err and "network" not in err
+    else:
+        assert "check the network" in err
+    assert not list((tmp_path / "d").glob(".*.part"))  # no partial download left
+
+
+def test_stats_dir_that_is_a_file(world):
+    assert_refused([*BASE["generate"], "--steps", "1", "--n-per-class", "1", "--init", "pca",
+                    "--stats-dir", "m.safetensors", "--real-n", "0"], world)
 
 
 # ---- 7. public API ---------------------------------------------------------------------------
