@@ -26,13 +26,13 @@ Distinct bad inputs, by category (``test_count_is_honest`` recomputes the parame
   a file as --data-dir, a tampered Fashion-MNIST file, ``data verify`` with nothing matching,
   3 malformed detector objects, a second run without --overwrite, a concurrent run,
   full disk, read-only disk, bit-flipped state.pt, a file as --stats-dir, an internal
-  error with and without --debug .......................................... 17
+  error with and without --debug, an mlp for 28x28 images trained on 8x8 ... 18
 * failures of the environment: 6 errnos mapped to their names, 3 broken downloads
   (interrupted, disk full, refused) ....................................... 9
 * hypothesis: random identifiers as unknown ``[train]`` keys and random bytes as a
   checkpoint ............................................................. up to 40 + 40
 
-Total: 517 parametrised + 17 single + 9 environment = 543 fixed bad inputs, plus up to 80
+Total: 517 parametrised + 18 single + 9 environment = 544 fixed bad inputs, plus up to 80
 generated ones.
 SIGKILL-and-rerun checks (train, evaluate, attack; 4 kill moments each) live in
 ``test_kill_and_rerun`` (marked slow), the bit-flipped state.pt in ``test_bitflipped_state_refused``
@@ -119,7 +119,8 @@ BASE = {
     "calibrate": ["detect", "calibrate", "--checkpoint", "m.safetensors", "--dataset", "tiny.npz",
                   "--eps", "0.1"],
     "generate": ["generate", "--checkpoint", "m.safetensors", "--dataset", "tiny.npz"],
-    "train": ["train", "--dataset", "tiny.npz", "--model", "mlp", "--val-size", "0"],
+    "train": ["train", "--dataset", "tiny.npz", "--model", "mlp", "--val-size", "0",
+              "--set", "model.image_size=8", "--set", "model.hidden=8"],
 }
 FLAGS = {
     "evaluate": ["--n", "--batch-size", "--seed"],
@@ -542,6 +543,12 @@ def test_interrupted_or_failed_download(tmp_path, monkeypatch, failure):
     assert not list((tmp_path / "d").glob(".*.part"))  # no partial download left
 
 
+def test_model_that_does_not_fit_the_images(world):
+    err = assert_refused(["train", "--dataset", "tiny.npz", "--model", "mlp", "--val-size", "0"],
+                         world)
+    assert "image_size=8" in err
+
+
 def test_stats_dir_that_is_a_file(world):
     assert_refused([*BASE["generate"], "--steps", "1", "--n-per-class", "1", "--init", "pca",
                     "--stats-dir", "m.safetensors", "--real-n", "0"], world)
@@ -684,9 +691,12 @@ KILL_COMMANDS = {
 
 
 def _result(out: Path, name: str):
-    if name.endswith(".json"):
-        obj = json.loads((out / name).read_text())
-        return {k: v for k, v in obj.items() if k not in ("time_utc", "seconds", "timing")}
+    if name.endswith(".json"):  # everything but wall-clock times and the folder's own name
+        def strip(o):
+            if isinstance(o, dict):
+                return {k: strip(v) for k, v in o.items() if k not in ("seconds", "out")}
+            return [strip(v) for v in o] if isinstance(o, list) else o
+        return strip(json.loads((out / name).read_text()))
     from safetensors.torch import load_file
 
     return {k: v.tolist() for k, v in load_file(str(out / name)).items()}

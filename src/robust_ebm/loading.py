@@ -9,7 +9,7 @@ import torch
 from .errors import UserError
 from .evaluation.batched import to_unit_float
 
-__all__ = ["check_model_fits_data", "float_batch", "load_model_and_split", "recorded_metadata"]
+__all__ = ["check_model_accepts", "check_model_fits_data", "float_batch", "load_model_and_split", "recorded_metadata"]
 
 
 def recorded_metadata(checkpoint: str | Any) -> dict[str, Any]:
@@ -103,3 +103,20 @@ def load_model_and_split(
 def float_batch(ds: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of ``ds`` as float in [0, 1] and its labels, on ``device``."""
     return to_unit_float(ds.images.to(device)), ds.labels.to(device)
+
+
+def check_model_accepts(model: Any, shape: tuple[int, ...], what: str) -> None:
+    """UserError when ``model`` cannot take one image of ``shape`` (C, H, W), e.g. an ``mlp``
+    built for 28x28 images given 8x8 ones; one forward pass on zeros, mode restored."""
+    from .models import frozen_eval
+
+    x = torch.zeros(1, *shape, device=next(model.parameters()).device)
+    try:
+        with frozen_eval(model), torch.no_grad():
+            model(x)
+    except RuntimeError as exc:
+        raise UserError(
+            f"the model does not fit the images of {what} (shape {tuple(shape)}): "
+            f"{str(exc).splitlines()[0]}; set the architecture's size (e.g. --set "
+            f"model.image_size={shape[-1]} for mlp) or pick another model"
+        ) from None

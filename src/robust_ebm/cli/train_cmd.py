@@ -16,6 +16,7 @@ import torch
 from ..checkpoint import save_model
 from ..data import load_dataset, split_train_val
 from ..errors import UserError
+from ..loading import check_model_accepts
 from ..models import create_model, list_models
 from ..objectives import list_objectives, make_objective
 from ..provenance import write_run_json
@@ -164,6 +165,7 @@ def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
     torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
     model = create_model(cfg["model"]["name"], train_set.num_classes, c, train_set.mean,
                          train_set.std, **model_kw)
+    check_model_accepts(model, train_set.shape, str(data["dataset"]))
     is_main = int(os.environ.get("RANK", "0")) == 0
     out = output_dir(args, "train")
     if is_main and not args.resume:
