@@ -21,7 +21,7 @@ Distinct bad inputs, by category (``test_count_is_honest`` recomputes the parame
   training run's folder) ................................................. 5
 * public API: attack budgets/steps/gamma, SGLD, detector temperature, TrainConfig fields,
   float or out-of-range labels, out-of-range/NaN/int images, uint8 into an attack,
-  apgd_t on a one-class model ............................................ 59
+  apgd_t on a one-class model, uint8 images into the model ................. 60
 * single cases: closest-key hint, deeply nested TOML, another dataset, another image size,
   a file as --data-dir, a tampered Fashion-MNIST file, ``data verify`` with nothing matching,
   3 malformed detector objects, a second run without --overwrite, a concurrent run,
@@ -32,7 +32,7 @@ Distinct bad inputs, by category (``test_count_is_honest`` recomputes the parame
 * hypothesis: random identifiers as unknown ``[train]`` keys and random bytes as a
   checkpoint ............................................................. up to 40 + 40
 
-Total: 517 parametrised + 18 single + 9 environment = 544 fixed bad inputs, plus up to 80
+Total: 518 parametrised + 18 single + 9 environment = 545 fixed bad inputs, plus up to 80
 generated ones.
 SIGKILL-and-rerun checks (train, evaluate, attack; 4 kill moments each) live in
 ``test_kill_and_rerun`` (marked slow), the bit-flipped state.pt in ``test_bitflipped_state_refused``
@@ -602,6 +602,7 @@ def _model_calls():
         ("NaN images", lambda: clean_report(m, x * float("nan"), y)),
         ("int32 images", lambda: clean_report(m, (x * 255).int(), y)),
         ("attack on uint8", lambda: make_attack("pgd", eps=0.1)(m, (x * 255).byte(), y)),
+        ("uint8 into the model", lambda: m((x * 255).byte())),
         ("attack float labels", lambda: make_attack("pgd", eps=0.1)(m, x, y.float())),
         ("apgd_t one class", lambda: make_attack("apgd_t", eps=0.1, steps=2)(
             one, x, torch.zeros(4, dtype=torch.long))),
@@ -670,7 +671,7 @@ def test_bitflipped_state_refused(world, tmp_path):
 def test_count_is_honest():
     parametrised = (len(FLAG_CASES) + len(SET_CASES) + len(SET_CASES[::4]) + len(CKPT_CASES)
                     + len(DATA_CASES) + len(DETECTOR_CASES) + len(OUT_CASES) + len(API_CASES))
-    assert parametrised == 517, parametrised  # update the module docstring with this number
+    assert parametrised == 518, parametrised  # update the module docstring with this number
 
 
 # ---- 9. SIGKILL during a command, then the rerun gives the same result --------------------------
