@@ -14,8 +14,9 @@ Distinct bad inputs, by category (``test_count_is_honest`` recomputes the parame
 * damaged files as ``--checkpoint`` (empty, text, pickle, code-running .pt pickle,
   truncations, bit flips, malformed metadata, NaN weights, misfit tensors, folder,
   dangling link) ......................................................... 21
-* bad ``.npz`` datasets (empty, object arrays, float images, float labels, 5-D, wrong keys,
-  bit flips, labels beyond the model) .................................... 8
+* bad ``.npz`` datasets (empty file, no arrays, zero samples, object arrays, float images,
+  float labels, negative or huge labels, label count != image count, 5-D, wrong keys,
+  bit flips, a non-scalar num_classes, labels beyond the model) ........... 14
 * bad ``detector.json`` files ............................................. 8
 * bad ``--out`` (a file, a dangling link, under a file, another run's folder, another
   training run's folder) ................................................. 5
@@ -32,7 +33,7 @@ Distinct bad inputs, by category (``test_count_is_honest`` recomputes the parame
 * hypothesis: random identifiers as unknown ``[train]`` keys and random bytes as a
   checkpoint ............................................................. up to 40 + 40
 
-Total: 518 parametrised + 18 single + 9 environment = 545 fixed bad inputs, plus up to 80
+Total: 524 parametrised + 18 single + 9 environment = 551 fixed bad inputs, plus up to 80
 generated ones.
 SIGKILL-and-rerun checks (train, evaluate, attack; 4 kill moments each) live in
 ``test_kill_and_rerun`` (marked slow), the bit-flipped state.pt in ``test_bitflipped_state_refused``
@@ -332,10 +333,23 @@ def _npz(path: Path, kind: str) -> None:
         path.write_bytes(bytes(data))
     elif kind == "too_many_classes":
         np.savez(path, x_test=x, y_test=np.arange(12) % 7)
+    elif kind == "zero_samples":
+        np.savez(path, x_test=x[:0], y_test=y[:0])
+    elif kind == "num_classes_array":
+        np.savez(path, x_test=x, y_test=y, num_classes=np.array([1, 2]))
+    elif kind == "negative_labels":
+        np.savez(path, x_test=x, y_test=-np.ones(12, np.int64))
+    elif kind == "huge_labels":
+        np.savez(path, x_test=x, y_test=np.full(12, 10**12, np.int64))
+    elif kind == "label_count":
+        np.savez(path, x_test=x, y_test=np.zeros(5, np.int64))
+    elif kind == "no_arrays":
+        np.savez(path)
 
 
 DATA_CASES = ["empty", "object", "float_images", "float_labels", "five_d", "wrong_keys",
-              "bitflip", "too_many_classes"]
+              "bitflip", "too_many_classes", "zero_samples", "num_classes_array",
+              "negative_labels", "huge_labels", "label_count", "no_arrays"]
 
 
 @pytest.mark.parametrize("kind", DATA_CASES)
@@ -671,7 +685,7 @@ def test_bitflipped_state_refused(world, tmp_path):
 def test_count_is_honest():
     parametrised = (len(FLAG_CASES) + len(SET_CASES) + len(SET_CASES[::4]) + len(CKPT_CASES)
                     + len(DATA_CASES) + len(DETECTOR_CASES) + len(OUT_CASES) + len(API_CASES))
-    assert parametrised == 518, parametrised  # update the module docstring with this number
+    assert parametrised == 524, parametrised  # update the module docstring with this number
 
 
 # ---- 9. SIGKILL during a command, then the rerun gives the same result --------------------------

@@ -144,7 +144,8 @@ def _stats(images: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     x = images.double() / 255.0
     mean = x.mean(dim=(0, 2, 3)).tolist()
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
-    return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)
+    # constant images (std 0) still get a usable normalization
+    return tuple(round(m, 4) for m in mean), tuple(max(round(s, 4), 1e-4) for s in std)
 
 
 _VERIFIED: dict[str, bool] = {}  # "path|size|mtime_ns" -> passed, this process
