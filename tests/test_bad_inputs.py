@@ -27,13 +27,14 @@ Distinct bad inputs, by category (``test_count_is_honest`` recomputes the parame
   a file as --data-dir, a tampered Fashion-MNIST file, ``data verify`` with nothing matching,
   3 malformed detector objects, a second run without --overwrite, a concurrent run,
   full disk, read-only disk, bit-flipped state.pt, a file as --stats-dir, an internal
-  error with and without --debug, an mlp for 28x28 images trained on 8x8 ... 18
+  error with and without --debug, an mlp for 28x28 images trained on 8x8,
+  more samples than memory ............................................... 19
 * failures of the environment: 6 errnos mapped to their names, 3 broken downloads
   (interrupted, disk full, refused) ....................................... 9
 * hypothesis: random identifiers as unknown ``[train]`` keys and random bytes as a
   checkpoint ............................................................. up to 40 + 40
 
-Total: 524 parametrised + 18 single + 9 environment = 551 fixed bad inputs, plus up to 80
+Total: 524 parametrised + 19 single + 9 environment = 552 fixed bad inputs, plus up to 80
 generated ones.
 SIGKILL-and-rerun checks (train, evaluate, attack; 4 kill moments each) live in
 ``test_kill_and_rerun`` (marked slow), the bit-flipped state.pt in ``test_bitflipped_state_refused``
@@ -561,6 +562,11 @@ def test_model_that_does_not_fit_the_images(world):
     err = assert_refused(["train", "--dataset", "tiny.npz", "--model", "mlp", "--val-size", "0"],
                          world)
     assert "image_size=8" in err
+
+
+def test_more_samples_than_memory(world):
+    err = assert_refused([*BASE["generate"], "--n-per-class", "100000000000"], world)
+    assert "GiB" in err
 
 
 def test_stats_dir_that_is_a_file(world):

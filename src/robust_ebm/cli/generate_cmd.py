@@ -11,6 +11,8 @@ and ``run.json``. Fitted init statistics (gaussian, pca) are cached under ``--st
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from typing import Any
 
 from ..errors import UserError
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                           args.force)
     channels = int(model.arch["in_channels"])
     classes = study.parse_classes(args.classes, int(model.arch["num_classes"]))
+    _check_memory(args.n_per_class * len(classes), train_ds.shape)
     study.check_training_data(train_ds, channels, classes, args.init, args.dataset)
     features = real = None
     if args.features:
@@ -129,3 +132,16 @@ def run(args: argparse.Namespace) -> int:
     }
     emit(result, args.json, study.summary_text(result, args.energy, args.steps))
     return 0
+
+
+def _check_memory(n: int, shape: tuple[int, ...]) -> None:
+    """Refuse a sample count whose images alone (float32, a few copies during SGLD) exceed the
+    machine's memory, before anything is allocated or written."""
+    need = 4 * n * math.prod(shape) * 4  # x, momentum, gradient, the saved copy
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise UserError(f"--n-per-class x classes asks for {n} samples, about {need / 2**30:.0f} GiB, more "
+                        f"than this machine's {have / 2**30:.0f} GiB; ask for fewer samples")
