@@ -13,9 +13,12 @@ __all__ = ["check_model_accepts", "check_model_fits_data", "float_batch", "load_
 
 
 def recorded_metadata(checkpoint: str | Any) -> dict[str, Any]:
-    """The robust-ebm metadata of ``checkpoint``, or {} for a foreign file (nothing recorded)."""
+    """The robust-ebm metadata of ``checkpoint``, or {} for a foreign file or none (nothing
+    recorded)."""
     from .checkpoint import read_metadata
 
+    if checkpoint is None:
+        return {}
     try:
         return read_metadata(checkpoint)
     except UserError:
