@@ -15,7 +15,7 @@ from conftest import write_tiny_npz
 from safetensors.torch import load_file
 
 from robust_ebm.cli import main
-from robust_ebm.train.state import STATE_FILE
+from robust_ebm.train.state import STATE_FILE, read_state
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
@@ -44,7 +44,7 @@ def _assert_same_weights(a, b):
 
 def _state_position(out):
     try:
-        payload = torch.load(out / STATE_FILE, weights_only=True)
+        payload = read_state(out / STATE_FILE)
     except Exception:  # not written yet
         return None
     return payload["epoch"], payload["batch"]
@@ -122,7 +122,7 @@ def test_nan_loss_stops_with_checkpoint_intact(tmp_path, capsys):
     out.mkdir()
     (out / STATE_FILE).write_bytes(before)
     # an absurd learning rate makes the loss overflow within the next epoch
-    code = main(base + ["--epochs", "1", "--lr", "1e30"])
+    code = main(base + ["--epochs", "1", "--lr", "1e30", "--overwrite"])
     err = capsys.readouterr().err
     assert code == 1 and "loss became" in err and len(err.strip().splitlines()) == 1
     assert (out / STATE_FILE).read_bytes() == before

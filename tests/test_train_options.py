@@ -12,7 +12,7 @@ from torch import nn
 from robust_ebm.cli import main
 from robust_ebm.models import create_model
 from robust_ebm.train import mixed_precision
-from robust_ebm.train.state import STATE_FILE
+from robust_ebm.train.state import STATE_FILE, read_state
 
 
 def _args(npz, out, *extra):
@@ -102,7 +102,7 @@ def test_state_from_before_a_setting_existed_resumes(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(_args(npz, out)) == 0
     before = _history(out)
-    payload = torch.load(out / STATE_FILE, weights_only=True)
+    payload = read_state(out / STATE_FILE)  # rewritten below without a checksum (old format)
     for key in ("precision", "channels_last", "tensorboard"):
         del payload["config"]["train"][key]
     torch.save(payload, out / STATE_FILE)
@@ -123,4 +123,4 @@ def test_fp16_channels_last_on_cuda(tmp_path, capsys):
     capsys.readouterr()
     losses = [h["train_loss"]["loss"] for h in _history(out)]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
-    assert "scaler" in torch.load(out / STATE_FILE, weights_only=True)
+    assert "scaler" in read_state(out / STATE_FILE)

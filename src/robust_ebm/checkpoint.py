@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,49 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path}: safetensors file without robust-ebm metadata; load it with "
             "load_model(path, name=ARCH, num_classes=K, in_channels=C) instead"
         )
-    return json.loads(header[_META_KEY])
+    try:
+        meta = json.loads(header[_META_KEY])
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CorruptDataError(f"{path}: its robust-ebm metadata is not valid JSON ({exc}); "
+                               "the file is damaged: re-save or re-download it") from None
+    if not isinstance(meta, dict):
+        raise CorruptDataError(f"{path}: its robust-ebm metadata is not a JSON object; the file "
+                               "is damaged: re-save or re-download it")
+    return meta
+
+
+def check_finite_weights(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
+    """Refuse weights holding NaN or Inf (a diverged or damaged model gives NaN energies)."""
+    bad = [k for k, v in state.items()
+           if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CorruptDataError(f"{path}: weights hold NaN or Inf values ({', '.join(bad[:3])}); "
+                               "the model diverged or the file is damaged: use another checkpoint")
+
+
+def _model_from_metadata(path: Path, meta: dict[str, Any], state: dict[str, Tensor]) -> Classifier:
+    """The Classifier the metadata records, with ``state`` loaded; malformed metadata or
+    weights that do not fit it are a CorruptDataError naming the file."""
+    try:
+        arch = meta["arch"]
+        model = create_model(
+            arch["name"], arch["num_classes"], arch["in_channels"], arch["mean"],
+            arch["std"], **arch.get("kwargs", {}),
+        )
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except UserError as exc:
+        raise CorruptDataError(f"{path}: recorded architecture is invalid ({exc})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise CorruptDataError(
+            f"{path}: malformed metadata or weights that do not fit the recorded architecture "
+            f"({type(exc).__name__}: {exc}); re-save or re-download the checkpoint"
+        ) from None
+    if missing or unexpected:
+        raise CorruptDataError(
+            f"{path}: weights do not match the recorded architecture "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    return model
 
 
 def load_model(
@@ -106,6 +149,7 @@ def load_model(
             state = load_file(str(path), device=str(map_location))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CorruptDataError(f"{path}: cannot read safetensors file ({exc})") from exc
+        check_finite_weights(path, state)
         if _has_metadata(path):
             if robustbench is not None or "name" in create_kwargs:
                 raise UserError(f"{path}: a robust-ebm checkpoint rebuilds itself from its "
@@ -131,6 +175,7 @@ def load_model(
             "e.g. name='wide_resnet', depth=28, widen_factor=10"
         raise UserError(f"{path}: not a robust-ebm checkpoint; say which architecture it holds: "
                         f"robustbench=ZOO_NAME (CLI --robustbench) or the architecture ({hint})")
+    check_finite_weights(path, fs.tensors)
     in_channels = int(create_kwargs.get("in_channels", 3))
     mean, std, source = _normalization(path, fs, create_kwargs.pop("mean", None),
                                        create_kwargs.pop("std", None), catalog, in_channels)
@@ -150,18 +195,7 @@ def _has_metadata(path: Path) -> bool:
 
 def _load_own(path: Path, state: dict[str, Tensor]) -> Classifier:
     # another dataset of the same shape is allowed here on purpose (out-of-distribution studies)
-    meta = read_metadata(path)
-    arch = meta["arch"]
-    model = create_model(
-        arch["name"], arch["num_classes"], arch["in_channels"], arch["mean"],
-        arch["std"], **arch.get("kwargs", {}),
-    )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CorruptDataError(
-            f"{path}: weights do not match the recorded architecture "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
+    model = _model_from_metadata(path, read_metadata(path), state)
     model.load_report = {"missing": [], "unexpected": [], "notes": [], "normalization": "file"}
     return model
 
@@ -259,7 +293,12 @@ def safe_torch_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"{path}: refused to open: the pickle asks to run or import code that is not plain "
             "tensor data. Only open it if you trust its source, and convert it to safetensors"
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
+    except SafetensorError as exc:  # torch hands a *.safetensors name to safetensors itself
+        raise CorruptDataError(
+            f"{path}: not a valid safetensors file ({exc}); it may be empty, truncated or another "
+            "format under a .safetensors name: re-save or re-download it"
+        ) from exc
+    except (RuntimeError, EOFError, ValueError) as exc:
         raise CorruptDataError(f"{path}: cannot read checkpoint ({exc}); is it truncated?") from exc
 
 
@@ -274,6 +313,9 @@ def load_state_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 def _existing(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"checkpoint {p} is a folder; pass the checkpoint file inside it "
+                        "(e.g. model.safetensors)")
     if not p.is_file():
         raise UserError(f"checkpoint not found: {p} (check the path)")
     return p

@@ -22,11 +22,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        # mkstemp creates 0600; give the file the mode a plain open() would (0666 & ~umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         write(tmp)
+        # mkstemp creates 0600 and some writers (safetensors) replace the file by their own
+        # rename: give the final file the mode a plain open() would (0666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -43,6 +42,26 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     except OSError:
         pass
     return path
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files (``.<name>.*.tmp``) an interrupted atomic write left behind.
+
+    Called by a command before it writes into ``folder``; the caller holds the folder's lock
+    (:func:`robust_ebm.outputs.prepare_out`), so no live writer owns them.
+    """
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -12,8 +12,8 @@ from .distributed_eval import rank_device
 from .errors import UserError
 from .evaluation.batched import to_unit_float
 
-__all__ = ["float_batch", "load_model_and_split", "model_and_split", "model_from_args",
-           "parse_arch_args"]
+__all__ = ["check_model_accepts", "check_model_fits_data", "float_batch", "load_model_and_split",
+           "model_and_split", "model_from_args", "parse_arch_args", "recorded_metadata"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,10 +29,67 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def recorded_metadata(checkpoint: str | Any) -> dict[str, Any]:
+    """The robust-ebm metadata of ``checkpoint``, or {} for a foreign file or none (nothing
+    recorded)."""
+    from .checkpoint import read_metadata
+
+    if checkpoint is None:
+        return {}
+    try:
+        return read_metadata(checkpoint)
+    except UserError:
+        return {}
+
+
+def _dataset_key(name: Any) -> str:
+    text = str(name)
+    if text.endswith(".npz"):
+        text = text.rsplit("/", 1)[-1].removesuffix(".npz")
+    return text.lower().replace("-", "_")
+
+
+def check_model_fits_data(
+    model: Any, metadata: dict[str, Any], ds: Any, dataset: str, force: bool = False
+) -> None:
+    """Refuse data the checkpoint was not made for (the one check every command runs).
+
+    Always an error: another channel count than the model reads, more classes than it predicts.
+    An error unless ``force`` (``--force``): another dataset than the one recorded in the
+    checkpoint (``metadata['dataset']``) or another image size (``metadata['input_shape']``,
+    written by ``train`` since this check exists). Checkpoints without these records pass.
+    """
+    arch = model.arch
+    if ds.shape[0] != arch["in_channels"]:
+        raise UserError(
+            f"checkpoint expects {arch['in_channels']}-channel images but {dataset} has "
+            f"{ds.shape[0]}; use the dataset the model was trained on"
+        )
+    if ds.num_classes > arch["num_classes"]:
+        raise UserError(
+            f"{dataset} has {ds.num_classes} classes but the model predicts "
+            f"{arch['num_classes']}; labels would be out of range"
+        )
+    if force:
+        return
+    recorded = metadata.get("dataset")
+    if isinstance(recorded, str) and _dataset_key(recorded) != _dataset_key(ds.name):
+        raise UserError(
+            f"the checkpoint was trained on {recorded} but the data are {dataset}; use "
+            "--dataset " + recorded + " or pass --force if you really mean to run it on other data"
+        )
+    shape = metadata.get("input_shape")
+    if isinstance(shape, list) and tuple(shape) != tuple(ds.shape):
+        raise UserError(
+            f"the checkpoint was trained on images of shape {tuple(shape)} but {dataset} has "
+            f"{tuple(ds.shape)}; use matching data or pass --force"
+        )
+
+
 def load_model_and_split(
     checkpoint: str, dataset: str, split: str, data_dir: str | None, n: int | None,
     device: torch.device, arch: str | None = None, num_classes: int | None = None,
-    start: int = 0,
+    start: int = 0, force: bool = False,
 ) -> tuple[Any, Any]:
     """Load a checkpoint (eval mode, on ``device``) and ``n`` samples of a split from index
     ``start`` on (``n=None``: to the end).
@@ -50,6 +107,7 @@ def load_model_and_split(
                            num_classes=num_classes or ds.num_classes, in_channels=ds.shape[0])
     else:
         model = load_model(checkpoint, map_location=device)
+    check_model_fits_data(model, recorded_metadata(checkpoint), ds, dataset, force)
     return model.eval(), _fit(ds, model, dataset, split, n, start)
 
 
@@ -162,20 +220,12 @@ def model_and_split(args: argparse.Namespace, split: str | None = None, n: int |
     device = rank_device(resolve_device(args.device))  # under torchrun on CUDA: this rank's GPU
     model = model_from_args(args, device)
     ds = load_dataset(args.dataset, split or args.split, args.data_dir)
+    meta = recorded_metadata(args.checkpoint) if args.checkpoint else {}
+    check_model_fits_data(model, meta, ds, args.dataset, bool(getattr(args, "force", False)))
     return model.eval(), _fit(ds, model, args.dataset, split or args.split, n, start)
 
 
 def _fit(ds: Any, model: Any, dataset: str, split: str, n: int | None, start: int) -> Any:
-    if ds.shape[0] != model.arch["in_channels"]:
-        raise UserError(
-            f"checkpoint expects {model.arch['in_channels']}-channel images but {dataset} has "
-            f"{ds.shape[0]}; use the dataset the model was trained on"
-        )
-    if ds.num_classes > model.arch["num_classes"]:
-        raise UserError(
-            f"{dataset} has {ds.num_classes} classes but the model predicts "
-            f"{model.arch['num_classes']}; labels would be out of range"
-        )
     if start >= len(ds):
         raise UserError(
             f"--start {start} is past the end of {dataset}/{split} ({len(ds)} samples); "
@@ -185,3 +235,20 @@ def _fit(ds: Any, model: Any, dataset: str, split: str, n: int | None, start: in
     if start > 0 or stop < len(ds):
         ds = ds.subset(torch.arange(start, stop))
     return ds
+
+
+def check_model_accepts(model: Any, shape: tuple[int, ...], what: str) -> None:
+    """UserError when ``model`` cannot take one image of ``shape`` (C, H, W), e.g. an ``mlp``
+    built for 28x28 images given 8x8 ones; one forward pass on zeros, mode restored."""
+    from .models import frozen_eval
+
+    x = torch.zeros(1, *shape, device=next(model.parameters()).device)
+    try:
+        with frozen_eval(model), torch.no_grad():
+            model(x)
+    except RuntimeError as exc:
+        raise UserError(
+            f"the model does not fit the images of {what} (shape {tuple(shape)}): "
+            f"{str(exc).splitlines()[0]}; set the architecture's size (e.g. --set "
+            f"model.image_size={shape[-1]} for mlp) or pick another model"
+        ) from None

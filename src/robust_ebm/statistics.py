@@ -45,8 +45,15 @@ def per_sample_energies(
     Returns:
         dict of (N,) CPU tensors: ``free_energy``, ``joint_energy``, ``pred``, ``correct``.
     """
+    from .validate import check_images, check_labels
+
+    if not (isinstance(images, Tensor) and images.dtype == torch.uint8):
+        check_images(images, "images")
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        check_labels(labels, 0, "labels")  # raises: float labels are refused, not truncated
     logits = batched_logits(model, images, labels, batch_size=batch_size).clean
     assert logits is not None
+    check_labels(labels.cpu(), logits.shape[1], "labels")
     y = labels.cpu()
     pred = logits.argmax(1)
     return {

@@ -236,6 +236,9 @@ class APGD:
             logits_clean = model(prob.x)
         core.check_logits(logits_clean, prob.x.shape[0])
         core.check_labels(prob.y, logits_clean.shape[1])
+        if logits_clean.shape[1] < 2:
+            raise UserError("targeted APGD (apgd_t) needs a model with >= 2 classes; "
+                            f"this one predicts {logits_clean.shape[1]}")
         order = logits_clean.argsort(dim=1)  # increasing
         n_cls = min(self.n_target_classes, logits_clean.shape[1] - 1)
         tgt_form = getattr(loss, "targeted", None)

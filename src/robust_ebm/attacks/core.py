@@ -75,6 +75,8 @@ def check_logits(logits: Tensor, num_samples: int) -> None:
 
 
 def check_labels(y: Tensor, num_classes: int, what: str = "y") -> None:
+    if y.dtype.is_floating_point or y.dtype == torch.bool:  # refused, never truncated
+        raise UserError(f"{what} must hold integer class indices; got dtype {y.dtype}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise UserError(
             f"{what} must hold class indices in [0, {num_classes - 1}]; "
@@ -102,7 +104,8 @@ def check_budget(eps: float | Tensor, name: str = "eps") -> None:
     """Early scalar check at construction time (per-sample tensors are checked per call)."""
     if isinstance(eps, Tensor):
         return
-    if not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
+    # float32 max: the budget becomes a float32 tensor, so larger values overflow there
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 3.4028234e38:
         raise UserError(f"{name} must be a finite number >= 0; got {eps!r}")
 
 

@@ -10,6 +10,8 @@ gamma=1.5)``. Unknown names raise a UserError listing the choices.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +39,22 @@ def list_attacks() -> list[str]:
 
 
 def make_attack(name: str, **hyperparameters: Any) -> Attack:
-    """Build a registered attack, called as ``attack(model, x, y, targets=None) -> x_adv``."""
-    return ATTACKS.get(name)(**hyperparameters)
+    """Build a registered attack, called as ``attack(model, x, y, targets=None) -> x_adv``.
+
+    Every numeric hyperparameter must be finite (NaN/Inf are refused with the name), and an
+    option the attack does not take is a UserError naming it.
+    """
+    build = ATTACKS.get(name)
+    for key, value in hyperparameters.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"attack {name!r}: {key} must be a finite number; got {value!r}")
+    try:
+        return build(**hyperparameters)
+    except TypeError as exc:
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        what = f"the option {bad.group(1)!r}" if bad else f"these options ({exc})"
+        raise UserError(f"attack {name!r} does not take {what}; drop it or choose another "
+                        f"attack (see 'robust-ebm attack --help')") from None
 
 
 def _build(cls: type, defaults: dict[str, Any], hp: dict[str, Any]) -> Attack:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,13 @@ def _int_at_least(text: str, low: int) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    value = _int_at_least(text, 0)
+    if value > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be <= 2**32-1; got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
@@ -44,12 +52,26 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # values are cast to float32 tensors
+
+
+def finite_float(text: str) -> float:
+    """A finite number (NaN, Inf and values beyond float32 refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not abs(value) <= _FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text}")
+    return value
+
+
 def nonnegative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
+    if not value >= 0 or value > _FLOAT32_MAX:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
     return value
 
@@ -61,7 +83,7 @@ def positive_float(text: str) -> float:
     return value
 
 
-def add_common_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+def add_common_args(p: argparse.ArgumentParser, data: bool = True, force: bool = True) -> None:
     if data:
         # commands that read a checkpoint default to its own dataset (see add_model_args)
         own = p.get_default("dataset_from_checkpoint")
@@ -69,24 +91,35 @@ def add_common_args(p: argparse.ArgumentParser, data: bool = True) -> None:
                        help="dataset name (see 'robust-ebm data list') or a .npz file"
                        + (" (default: the checkpoint's own)" if own else ""))
         p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    if data and force:
+        p.add_argument("--force", action="store_true",
+                       help="run even when the checkpoint records another dataset or image size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed, 0 .. 2**32-1")
     p.add_argument("--out", default=None,
                    help="output folder (default: runs/<command>-<UTC time>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (default: refuse a non-empty --out)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def output_dir(args: argparse.Namespace, command: str, create: bool = True) -> Path:
+    """The run's output folder, created and locked (:func:`robust_ebm.outputs.prepare_out`);
+    ``create=False`` (torchrun ranks other than 0) only names it.
+
+    Call it only after the inputs were checked: a refused run must create nothing.
+    """
+    from ..outputs import prepare_out
+
     if args.out:
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} exists and is not a folder; pick another path")
     else:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{command}-{stamp}"
-    if create:
-        out.mkdir(parents=True, exist_ok=True)
-    return out
+    if not create or int(os.environ.get("RANK", "0")) != 0:  # rank 0 checks and locks it
+        return out
+    return prepare_out(out, overwrite=bool(getattr(args, "overwrite", False)),
+                       resume=bool(getattr(args, "resume", False)))
 
 
 def start_run(args: argparse.Namespace, command: str, device: torch.device) -> Path:

@@ -17,6 +17,7 @@ from .common import (
     add_common_args,
     add_model_args,
     emit,
+    finite_float,
     float_batch,
     load_model_and_data,
     nonnegative_float,
@@ -47,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated; 'noise' is the same-norm random control")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="iterations of every iterative attack (default: PGD family 20, APGD 100)")
-    p.add_argument("--he-gamma", type=float, default=1.5, help="gamma of he_pgd")
+    p.add_argument("--he-gamma", type=finite_float, default=1.5, help="gamma of he_pgd")
     p.add_argument("--square-queries", type=positive_int, default=1000)
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--no-sweep", action="store_true", help="skip the PGD steps/eps sweep")

@@ -12,6 +12,8 @@ and ``run.json``; under torchrun the chains are sharded over the ranks and rank 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from typing import Any
 
 from ..distributed_eval import rank_device
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..generation_metrics import load_feature_network
     from ..io import file_sha256
+    from ..loading import check_model_fits_data, recorded_metadata
     from ..sampling import SGLD, study
 
     if args.steps < 0:
@@ -93,12 +96,17 @@ def run(args: argparse.Namespace) -> int:
     model = model_from_args(args, device)
     model_sha = file_sha256(args.checkpoint) if args.checkpoint else None
     train_ds = load_dataset(args.dataset, "train", args.data_dir)
+    check_model_fits_data(model, recorded_metadata(args.checkpoint), train_ds, args.dataset,
+                          args.force)
     channels = int(model.arch["in_channels"])
     classes = study.parse_classes(args.classes, int(model.arch["num_classes"]))
+    _check_memory(args.n_per_class * len(classes), train_ds.shape)
     study.check_training_data(train_ds, channels, classes, args.init, args.dataset)
     features = real = None
     if args.features:
         features = load_feature_network(args.features, model_sha, channels, device)
+        check_model_fits_data(features[0].model, recorded_metadata(args.features), train_ds,
+                              f"{args.dataset} (the samples of --features' model)", args.force)
         real = study.real_subset(train_ds, args.real_n, args.seed)
 
     out = start_run(args, "generate", device)
@@ -130,3 +138,16 @@ def run(args: argparse.Namespace) -> int:
     }
     emit(result, args.json, study.summary_text(result, args.energy, args.steps))
     return 0
+
+
+def _check_memory(n: int, shape: tuple[int, ...]) -> None:
+    """Refuse a sample count whose images alone (float32, a few copies during SGLD) exceed the
+    machine's memory, before anything is allocated or written."""
+    need = 4 * n * math.prod(shape) * 4  # x, momentum, gradient, the saved copy
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise UserError(f"--n-per-class x classes asks for {n} samples, about {need / 2**30:.0f} GiB, more "
+                        f"than this machine's {have / 2**30:.0f} GiB; ask for fewer samples")

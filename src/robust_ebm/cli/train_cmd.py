@@ -16,11 +16,20 @@ import torch
 from ..checkpoint import save_model
 from ..data import load_dataset, split_train_val
 from ..errors import UserError
+from ..loading import check_model_accepts
 from ..models import create_model, list_models
 from ..objectives import list_objectives, make_objective
 from ..provenance import write_run_json
 from ..train import PRECISIONS, SCHEDULES, default_callbacks, train
-from ..train.config import apply_set, default_config, eval_config, load_toml, merge, train_config
+from ..train.config import (
+    apply_set,
+    default_config,
+    eval_config,
+    load_toml,
+    merge,
+    train_config,
+    validate_config,
+)
 from ..train.loop import check_device_options
 from .common import (
     add_common_args,
@@ -58,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
-    add_common_args(p)
+    add_common_args(p, force=False)
     # Every setting defaults to None here so that only flags given explicitly override the
     # config file; the real defaults live in robust_ebm.train.config.default_config.
     p.set_defaults(dataset=None, seed=None)
@@ -111,7 +120,7 @@ def resolve_config(args: argparse.Namespace, defaults: dict[str, Any] | None = N
             cfg[section][key] = value
     for assignment in args.overrides:
         apply_set(cfg, assignment)
-    return cfg
+    return validate_config(cfg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,12 +168,13 @@ def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
     torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
     model = create_model(cfg["model"]["name"], train_set.num_classes, c, train_set.mean,
                          train_set.std, **model_kw)
+    check_model_accepts(model, train_set.shape, str(data["dataset"]))
     is_main = int(os.environ.get("RANK", "0")) == 0
     out = output_dir(args, "train")
     if is_main and not args.resume:
         write_run_json(out, cfg, tcfg.seed, device)
     meta = {"dataset": data["dataset"], "objective": cfg["objective"]["name"],
-            "objective_config": cfg["objective"]}
+            "objective_config": cfg["objective"], "input_shape": list(train_set.shape)}
     log = (lambda s: None) if (args.json or not is_main) else print
     callbacks = default_callbacks(ecfg, tcfg.seed, train_set, val_set=val, test_set=test,
                                   out_dir=out, metadata=meta, config=cfg["train"])

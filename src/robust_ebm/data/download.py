@@ -7,7 +7,9 @@ deletes the temporary file and raises :class:`~robust_ebm.errors.CorruptDataErro
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -70,7 +72,14 @@ def download_file(
                         progress(remote.filename, done, total_n)
                 out.flush()
                 os.fsync(out.fileno())
-        except (urllib.error.URLError, OSError) as exc:
+        except OSError as exc:
+            if not _is_network_error(exc):
+                raise  # full or read-only disk, permissions: the CLI names the errno
+            raise UserError(
+                f"cannot download {url} ({exc}); check the network or fetch the file by hand "
+                f"into {dest_dir}"
+            ) from exc
+        except http.client.HTTPException as exc:  # e.g. IncompleteRead: the transfer broke off
             raise UserError(
                 f"cannot download {url} ({exc}); check the network or fetch the file by hand "
                 f"into {dest_dir}"
@@ -85,6 +94,24 @@ def download_file(
     finally:
         tmp.unlink(missing_ok=True)
     return final
+
+
+def _is_network_error(exc: OSError) -> bool:
+    local = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+             errno.ENOTDIR)
+    return isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError)) or (
+        exc.errno not in local)
+
+
+def check_base_url(base_url: str) -> str:
+    """A mirror URL with a scheme urllib can fetch (http, https, ftp, file)."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(base_url).scheme
+    if scheme not in ("http", "https", "ftp", "file"):
+        raise UserError(f"--base-url {base_url!r} has no http://, https://, ftp:// or file:// "
+                        "scheme; write the full URL, e.g. https://host/folder")
+    return base_url
 
 
 def download_dataset(
@@ -108,6 +135,8 @@ def download_dataset(
         Paths of the verified files, in catalog order.
     """
     info = get_info(name)
+    if base_url is not None:
+        check_base_url(base_url)
     unknown = [s for s in splits if s not in info.splits]
     if unknown:
         raise UserError(f"{info.name} has splits {', '.join(info.splits)}; got {unknown}")

@@ -1,9 +1,14 @@
 """Find a dataset's files on disk, load a split, report status and verify checksums.
 
+Every file of a split is checked against the catalog's checksums on every load (a failing
+file is a CorruptDataError); a passed check is cached by (path, size, mtime) in
+``<cache>/verified.json``, so it costs nothing the second time.
+
 Search order (first hit wins), each root tried as ``<root>/<name>/`` and then as ``<root>/``
 itself (``<name>`` also with dashes, e.g. ``fashion-mnist``):
 
-1. the explicit ``data_dir`` argument (``--data-dir`` on the CLI);
+1. the explicit ``data_dir`` argument (``--data-dir`` on the CLI); when it is given, a split
+   missing there is an error naming where another copy is (never a silent fallback);
 2. the ``ROBUST_EBM_DATA`` environment variable (several roots separated by ``os.pathsep``);
 3. system locations: ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` installs
    ``/usr/share/datasets/fashion-mnist``);
@@ -49,7 +54,11 @@ def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
     """Every folder searched for dataset ``name``, in order, without duplicates."""
     roots: list[Path] = []
     if data_dir is not None:
-        roots.append(Path(data_dir).expanduser())
+        root = Path(data_dir).expanduser()
+        if root.exists() and not root.is_dir():
+            raise UserError(f"--data-dir {root} is a file; pass the folder that holds the "
+                            "dataset files")
+        roots.append(root)
     env = os.environ.get("ROBUST_EBM_DATA", "")
     roots += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
     system = list(SYSTEM_ROOTS)
@@ -82,10 +91,17 @@ def find_split(
     _check_split(info, split)
     if not _on_disk(info):
         return []
-    for d in candidate_dirs(info.name, data_dir):
+    dirs = candidate_dirs(info.name, data_dir)
+    explicit = dirs[: 3 if info.name != info.name.replace("_", "-") else 2] if data_dir else []
+    for d in dirs:
         if d.is_dir():
             hit = _find_in_dir(info, split, d)
             if hit is not None:
+                if data_dir is not None and d not in explicit:
+                    # never a silent fallback from the folder the user named to another copy
+                    raise DataNotFoundError(
+                        f"--data-dir {data_dir} lacks the {split} split of {info.name} (another "
+                        f"copy is at {d}); put the files there or drop --data-dir to use {d}")
                 return hit
     return None
 
@@ -113,11 +129,69 @@ def _stats(images: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     x = images.double() / 255.0
     mean = x.mean(dim=(0, 2, 3)).tolist()
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
-    return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)
+    # constant images (std 0) still get a usable normalization
+    return tuple(round(m, 4) for m in mean), tuple(max(round(s, 4), 1e-4) for s in std)
+
+
+_VERIFIED: dict[str, bool] = {}  # "path|size|mtime_ns" -> passed, this process
+
+
+def _verified_cache_file() -> Path:
+    return cache_dir() / "verified.json"
+
+
+def _load_verified() -> None:
+    import json
+
+    if _VERIFIED:
+        return
+    try:
+        data = json.loads(_verified_cache_file().read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict):
+        _VERIFIED.update({str(k): True for k, v in data.items() if v is True})
+
+
+def _save_verified() -> None:
+    from ..io import atomic_write_json
+
+    try:
+        atomic_write_json(_verified_cache_file(), dict(_VERIFIED))
+    except OSError:
+        pass  # a read-only home only costs the check again next time
+
+
+def check_files(info: DatasetInfo, paths: list[Path]) -> None:
+    """CorruptDataError when a file of ``paths`` fails the catalog checksum.
+
+    Files without a decidable checksum (a non-official name, an extracted folder, a
+    recompressed idx file whose content MD5 the catalog lacks) pass unverified, as in
+    :func:`verify_dataset`. Passed files are cached by (path, size, mtime).
+    """
+    _load_verified()
+    new = False
+    for path in paths:
+        if path.is_dir():
+            continue
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key in _VERIFIED:
+            continue
+        row = _verify_file(info, path)
+        if row["ok"] is False:
+            raise CorruptDataError(
+                f"{path}: {row['note']}; the file is damaged or not the official one. Delete it "
+                f"and run 'robust-ebm data download {info.name}' (or check it with 'robust-ebm "
+                f"data verify {info.name}')")
+        if row["ok"] is True:
+            _VERIFIED[key] = new = True
+    if new:
+        _save_verified()
 
 
 def load_dataset(
-    name: str, split: str = "train", data_dir: str | Path | None = None
+    name: str, split: str = "train", data_dir: str | Path | None = None, verify: bool = True
 ) -> ImageDataset:
     """Load one split of a catalog dataset, or of a ``.npz`` file, as an :class:`ImageDataset`.
 
@@ -127,6 +201,8 @@ def load_dataset(
             mean/std are computed from the loaded images).
         split: ``train`` or ``test`` (``extra`` for SVHN).
         data_dir: Searched first; see the module docstring for the full search order.
+        verify: Check the files against the catalog checksums (cached; see
+            :func:`check_files`). ``verify_dataset`` turns it off to report instead of raise.
 
     Raises:
         DataNotFoundError: listing every folder searched and how to get the data.
@@ -145,6 +221,8 @@ def load_dataset(
     paths = find_split(info.name, split, data_dir)
     if paths is None:
         raise _not_found(info, split, data_dir)
+    if verify:
+        check_files(info, paths)
     images, labels = FORMATS.get(info.format).read(paths, info.format, split)
     if tuple(images.shape[1:]) != info.shape:
         raise CorruptDataError(
@@ -243,10 +321,12 @@ def verify_dataset(name: str, data_dir: str | Path | None = None) -> dict[str, A
                 files[p] = _verify_file(info, p)
         row: dict[str, Any] = {"expected": info.sizes.get(split), "count": None, "error": ""}
         try:
-            row["count"] = len(load_dataset(info.name, split, data_dir))
+            row["count"] = len(load_dataset(info.name, split, data_dir, verify=False))
         except CorruptDataError as exc:
             row["error"] = str(exc)
         row["ok"] = row["count"] is not None and row["count"] == row["expected"]
         splits[split] = row
     ok = all(f["ok"] is not False for f in files.values()) and all(s["ok"] for s in splits.values())
+    if files and not any(f["ok"] is True for f in files.values()):
+        ok = False  # nothing matched a checksum: "unverified" is not "OK"
     return {"name": info.name, "ok": ok, "files": list(files.values()), "splits": splits}

@@ -19,6 +19,7 @@ import importlib
 import io
 import pickle
 import tarfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +313,9 @@ def npz_to_nchw(x: np.ndarray, source: str = "<array>") -> np.ndarray:
     )
 
 
+_MAX_CLASSES = 100_000  # a larger label is a mistake (an id, not a class index)
+
+
 def read_npz(path: str | Path, split: str = "train") -> tuple[Tensor, Tensor, int]:
     """Read a split from a ``.npz``: ``x_<split>``/``y_<split>`` or ``images``/``labels``.
 
@@ -337,15 +341,28 @@ def read_npz(path: str | Path, split: str = "train") -> tuple[Tensor, Tensor, in
             raise UserError(
                 f"{path}: found keys {sorted(keys)}; expected x_{split}/y_{split} or images/labels"
             )
-        x = npz_to_nchw(npz[xk], f"{path}:{xk}")
-        y = np.asarray(npz[yk]).reshape(-1)
+        try:
+            x_raw, y_raw = npz[xk], npz[yk]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # object arrays, damage
+            raise CorruptDataError(f"{path}: cannot read {xk}/{yk} ({exc}); save plain "
+                                   "uint8 images and integer labels with numpy.savez") from None
+        x = npz_to_nchw(x_raw, f"{path}:{xk}")
+        y = np.asarray(y_raw).reshape(-1)
         if not np.issubdtype(y.dtype, np.integer):
             raise UserError(f"{path}:{yk}: labels must be integers; got {y.dtype}")
+        if len(y) == 0:
+            raise UserError(f"{path}:{yk}: holds no samples; save at least one image and label")
         if "num_classes" in keys:
-            k = int(npz["num_classes"])
+            nc = np.asarray(npz["num_classes"])
+            if nc.size != 1 or not np.issubdtype(nc.dtype, np.integer):
+                raise UserError(f"{path}: num_classes must be one integer; got {nc!r}")
+            k = int(nc.reshape(-1)[0])
         else:
             label_keys = [key for key in keys if key == "labels" or key.startswith("y_")]
             k = 1 + max(int(npz[key].max()) for key in label_keys if npz[key].size)
+        if k > _MAX_CLASSES:
+            raise UserError(f"{path}: labels go up to {k - 1}; class indices must be 0..K-1 "
+                            f"with K <= {_MAX_CLASSES} (remap the labels)")
     return torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64)), k
 
 

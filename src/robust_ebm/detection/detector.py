@@ -175,9 +175,15 @@ class EnergyDetector:
             raise UserError(f"detector file not found: {p} (run 'robust-ebm detect calibrate')")
         try:
             obj = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CorruptDataError(f"{p}: not valid JSON ({exc})") from exc
-        return cls.from_json(obj)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise CorruptDataError(f"{p}: not valid JSON ({exc})") from None
+        try:
+            return cls.from_json(obj)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, UserError):
+                raise CorruptDataError(f"{p}: {exc}") from None
+            raise CorruptDataError(f"{p}: malformed detector file ({type(exc).__name__}: {exc}); "
+                                   "run 'robust-ebm detect calibrate' again") from None
 
     def __repr__(self) -> str:
         return (f"EnergyDetector(temperature={self.temperature}, threshold={self.threshold}, "

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..errors import UserError
+from ..errors import CorruptDataError, UserError
 from ..io import atomic_write, atomic_write_json
 
 # Settings every shard must share.
@@ -31,9 +31,16 @@ def _read(shard: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[st
     if not rep.is_file() or not adv.is_file():
         raise UserError(f"{shard}: not a finished 'robust-ebm attack' output (needs "
                         "robustness.json and adversarial.safetensors)")
-    with safe_open(str(adv), "pt") as f:
-        meta = f.metadata() or {}
-    return json.loads(rep.read_text()), load_file(str(adv)), meta
+    try:
+        with safe_open(str(adv), "pt") as f:
+            meta = f.metadata() or {}
+        report = json.loads(rep.read_text())
+        tensors = load_file(str(adv))
+    except (SafetensorError, ValueError, RecursionError) as exc:
+        raise CorruptDataError(f"{shard}: damaged attack output ({exc}); rerun that shard") from None
+    if not isinstance(report, dict):
+        raise CorruptDataError(f"{rep}: not a robustness report (a JSON object); rerun that shard")
+    return report, tensors, meta
 
 
 def merge_attack_runs(shards: list[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:

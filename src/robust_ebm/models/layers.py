@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
+
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel, so that models take [0, 1] images directly."""
@@ -21,6 +23,9 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():  # uint8 would make mean and std 0: NaN logits
+            raise UserError(f"the model takes float images in [0, 1]; got dtype {x.dtype} "
+                            "(convert uint8 images with x.float() / 255)")
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 

@@ -308,17 +308,23 @@ class ClassStatistics:
             raise CorruptDataError(
                 f"{path} is not a class-statistics file (format {meta.get('format')!r})"
             )
-        config = json.loads(meta["config"])
-        if config.get("init") != cls.name:
-            raise UserError(f"{path} holds {config.get('init')!r} statistics, not {cls.name!r}")
-        obj = cls(**{k: v for k, v in config.items() if k != "init"})
-        obj.shape = tuple(json.loads(meta["shape"]))
-        obj.fingerprint = json.loads(meta["fingerprint"])
-        obj.counts = {int(c): n for c, n in json.loads(meta["counts"]).items()}
-        obj.total_var = {int(c): v for c, v in json.loads(meta["total_var"]).items()}
-        for key, t in tensors.items():
-            field, c = key.rsplit(".", 1)
-            getattr(obj, field)[int(c)] = t
+        try:
+            config = json.loads(meta["config"])
+            if config.get("init") != cls.name:
+                raise UserError(f"{path} holds {config.get('init')!r} statistics, not {cls.name!r}")
+            obj = cls(**{k: v for k, v in config.items() if k != "init"})
+            obj.shape = tuple(json.loads(meta["shape"]))
+            obj.fingerprint = json.loads(meta["fingerprint"])
+            obj.counts = {int(c): n for c, n in json.loads(meta["counts"]).items()}
+            obj.total_var = {int(c): v for c, v in json.loads(meta["total_var"]).items()}
+            for key, t in tensors.items():
+                field, c = key.rsplit(".", 1)
+                getattr(obj, field)[int(c)] = t
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+            raise CorruptDataError(f"{path}: malformed class-statistics metadata ({exc}); delete "
+                                   "the file to refit it") from None
         return obj
 
     @classmethod

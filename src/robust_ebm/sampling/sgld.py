@@ -13,6 +13,7 @@ name it for what it is. Lower energy = more likely (see :mod:`robust_ebm.energy`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -105,6 +106,10 @@ class SGLD:
     energy: str | EnergyFn = "joint"
 
     def __post_init__(self) -> None:
+        for name in ("step_size", "momentum", "noise_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"SGLD {name} must be a finite number; got {value!r}")
         if not self.step_size > 0:
             raise UserError(f"step_size must be > 0; got {self.step_size}")
         if not 0 <= self.momentum < 1:

@@ -18,13 +18,16 @@ optimiser, schedule, seed, precision, data order) and what the callbacks watch e
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import tomllib
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..validate import check_choice, check_number, check_typed, closest, unknown_key
 
 SECTIONS = ("data", "model", "objective", "train")
 SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
@@ -83,6 +86,11 @@ class TrainConfig:
             (0 < self.pct_start < 1, f"pct_start must be in (0, 1); got {self.pct_start}"),
             (self.crop_padding >= 0, f"crop_padding must be >= 0; got {self.crop_padding}"),
             (self.save_every >= 0, f"save_every must be >= 0; got {self.save_every}"),
+            (self.gamma > 0 and math.isfinite(self.gamma), f"gamma must be > 0; got {self.gamma}"),
+            (all(0 < m < 1 for m in self.milestones),
+             f"milestones must be fractions in (0, 1); got {self.milestones}"),
+            (self.limit_train_batches is None or self.limit_train_batches >= 1,
+             f"limit_train_batches must be >= 1; got {self.limit_train_batches}"),
             (self.precision in PRECISIONS,
              f"precision must be one of {PRECISIONS}; got {self.precision!r}"),
         ])
@@ -110,6 +118,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _raise_failed([
             (self.eval_eps is None or self.eval_eps >= 0, f"eval_eps must be >= 0; got {self.eval_eps}"),
+            (self.eval_step_size is None or self.eval_step_size >= 0,
+             f"eval_step_size must be >= 0; got {self.eval_step_size}"),
             (self.eval_steps >= 1, f"eval_steps must be >= 1; got {self.eval_steps}"),
             (self.eval_n >= 1 and self.energy_n >= 0, "eval_n must be >= 1 and energy_n >= 0"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}"),
@@ -133,9 +143,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{p}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{p}: TOML nested too deeply; use flat [section] tables") from None
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
-        raise UserError(f"{p}: unknown section(s) {unknown}; use {list(SECTIONS)}")
+        raise UserError(f"{p}: unknown section {unknown[0]!r}{closest(unknown[0], SECTIONS)} "
+                        f"(sections: {', '.join(SECTIONS)})")
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise UserError(f"{p}: {section} must be a [{section}] table; got {values!r}")
     return data
 
 
@@ -154,7 +170,8 @@ def apply_set(cfg: dict[str, Any], assignment: str) -> None:
     key, value = assignment.split("=", 1)
     section, name = key.strip().split(".", 1)
     if section not in SECTIONS:
-        raise UserError(f"--set {assignment!r}: unknown section {section!r}; use {list(SECTIONS)}")
+        raise UserError(f"--set {assignment!r}: unknown section {section!r}"
+                        f"{closest(section, SECTIONS)} (sections: {', '.join(SECTIONS)})")
     cfg[section][name] = parse_value(value.strip())
 
 
@@ -196,3 +213,87 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
         return cls(**values)
     except TypeError as exc:
         raise UserError(f"bad [train] setting: {exc}") from None
+
+
+# ---- the one schema: every key of every section, with its type and range -------------------
+
+# Ranges beyond the type: key -> keyword arguments of check_number (the dataclasses'
+# __post_init__ checks the rest, e.g. choices and cross-field rules).
+_DATA_TYPES: dict[str, Any] = {"dataset": str, "data_dir": str | None, "val_size": int,
+                               "train_subset": int | None}
+_RANGES: dict[str, dict[str, Any]] = {
+    "data.val_size": {"low": 0}, "data.train_subset": {"low": 1},
+    "train.epochs": {"low": 1}, "train.seed": {"low": 0, "high": 2**32 - 1}, "train.batch_size": {"low": 1},
+    "train.lr": {"low": 0, "low_open": True}, "train.momentum": {"low": 0, "high": 1, "high_open": True},
+    "train.weight_decay": {"low": 0}, "train.pct_start": {"low": 0, "high": 1, "low_open": True,
+                                                          "high_open": True},
+    "train.gamma": {"low": 0, "low_open": True}, "train.crop_padding": {"low": 0},
+    "train.save_every": {"low": 0}, "train.limit_train_batches": {"low": 1},
+    "train.eval_eps": {"low": 0}, "train.eval_step_size": {"low": 0},
+    "train.eval_steps": {"low": 1}, "train.eval_n": {"low": 1}, "train.energy_n": {"low": 0},
+    "train.eval_batch_size": {"low": 1},
+}
+_CHOICES = {"train.schedule": SCHEDULES, "train.precision": PRECISIONS}
+
+
+def _hints(cls: Any) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def schema(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{section: {key: type annotation}}`` for the model and objective named in ``cfg``."""
+    from ..models.registry import MODELS
+    from ..objectives.registry import OBJECTIVES
+
+    train_types = {f.name: _hints(TrainConfig)[f.name] for f in fields(TrainConfig)}
+    train_types.update({f.name: _hints(EvalConfig)[f.name] for f in fields(EvalConfig)})
+    out: dict[str, dict[str, Any]] = {"data": dict(_DATA_TYPES), "train": train_types,
+                                      "model": {"name": str}, "objective": {"name": str}}
+    model = cfg.get("model", {}).get("name")
+    if isinstance(model, str) and model in MODELS.names():
+        build = MODELS.get(model)
+        hints = typing.get_type_hints(build)
+        for p in inspect.signature(build).parameters.values():
+            if p.name not in ("num_classes", "in_channels") and p.kind is p.POSITIONAL_OR_KEYWORD:
+                out["model"][p.name] = hints.get(p.name, Any)
+    objective = cfg.get("objective", {}).get("name")
+    if isinstance(objective, str) and objective in OBJECTIVES.names():
+        cls = OBJECTIVES.get(objective)
+        out["objective"].update({f.name: _hints(cls)[f.name] for f in fields(cls)})
+    return out
+
+
+def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check every key of ``cfg`` for name, type and range against :func:`schema`.
+
+    Raises a UserError naming ``section.key`` (unknown keys with the closest valid one) before
+    anything runs; returns ``cfg`` with ints standing in for integral floats nowhere: types are
+    exact (``epochs = 1.5``, ``flip = "false"`` and NaN are all refused).
+    """
+    from ..models import list_models
+    from ..objectives import list_objectives
+
+    for section in cfg:
+        if section not in SECTIONS:
+            raise UserError(f"unknown config section {section!r}{closest(section, SECTIONS)}")
+    for section, names in (("model", list_models()), ("objective", list_objectives())):
+        name = cfg[section].get("name")
+        if not isinstance(name, str) or name not in names:
+            raise UserError(f"unknown {section} {name!r} ({section}.name){closest(str(name), names)};"
+                            f" choose one of {', '.join(names)}")
+    types_ = schema(cfg)
+    for section in SECTIONS:
+        for key, value in cfg[section].items():
+            if key not in types_[section]:
+                raise unknown_key(f"[{section}]", key, types_[section])
+            name = f"{section}.{key}"
+            value = check_typed(name, value, types_[section][key])
+            if name in _CHOICES and value is not None:
+                check_choice(name, value, _CHOICES[name])
+            if value is not None and name in _RANGES:
+                check_number(name, value, integer=isinstance(value, int), **_RANGES[name])
+            if section == "objective" and isinstance(value, (int, float)) and not isinstance(
+                    value, bool):
+                check_number(name, value, low=0)
+            cfg[section][key] = value
+    return cfg

@@ -8,8 +8,10 @@ with ``torch.load(weights_only=True)`` (plain tensors and containers; no code ru
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,11 @@ import torch
 from torch import nn
 
 from ..checkpoint import safe_torch_load
-from ..errors import UserError
+from ..errors import CorruptDataError, UserError
 from ..io import atomic_write_bytes
 
 STATE_FILE = "state.pt"
+STATE_FORMAT = "robust-ebm-train-checked/1"  # envelope: {"format", "sha256", "state": bytes}
 # Keys that may differ between the interrupted run and its resumption.
 RESUME_IGNORED = ("resume", "json", "out", "device", "tensorboard")
 
@@ -62,7 +65,41 @@ def save_state(
         payload["scaler"] = scaler.state_dict()
     buf = io.BytesIO()
     torch.save(payload, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    blob = buf.getvalue()
+    # the state inside a checked envelope: resume verifies the SHA-256 before trusting it
+    outer = io.BytesIO()
+    torch.save({"format": STATE_FORMAT, "sha256": hashlib.sha256(blob).hexdigest(),
+                "state": blob}, outer)
+    return atomic_write_bytes(path, outer.getvalue())
+
+
+def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The saved state dict of ``path``, its checksum verified (CorruptDataError if it differs).
+
+    A state written before checksums existed (format ``robust-ebm-train/1``) is still read,
+    with a note on stderr that it could not be verified.
+    """
+    outer = safe_torch_load(path, map_location="cpu")
+    if isinstance(outer, dict) and outer.get("format") == STATE_FORMAT:
+        blob = outer.get("state")
+        if not isinstance(blob, bytes) or hashlib.sha256(blob).hexdigest() != outer.get("sha256"):
+            raise CorruptDataError(
+                f"{path}: checksum mismatch, the training state is damaged; start the run again "
+                "(--overwrite) or restore state.pt from a backup")
+        return safe_torch_load_bytes(blob, path)
+    if isinstance(outer, dict) and outer.get("format") == "robust-ebm-train/1":
+        print(f"note: {path} was written without a checksum (an older robust-ebm); resuming "
+              "without verifying it", file=sys.stderr)
+        return outer
+    raise UserError(f"{path}: not a robust-ebm training state; pass the run's folder")
+
+
+def safe_torch_load_bytes(blob: bytes, path: str | os.PathLike[str]) -> Any:
+    """``torch.load(weights_only=True)`` of in-memory bytes, errors naming ``path``."""
+    try:
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - verified bytes that still fail: damaged writer
+        raise CorruptDataError(f"{path}: cannot read the training state ({exc})") from None
 
 
 def load_state(
@@ -73,7 +110,7 @@ def load_state(
     """Restore model, optimizer, scheduler, loss scaler and RNG from ``path``; refuse a
     changed config. ``defaults`` stand in for settings the saved config lacks (a state written
     before the setting existed resumes as long as the new run leaves it at its default)."""
-    payload = safe_torch_load(path, map_location="cpu")
+    payload = read_state(path)
     if not isinstance(payload, dict) or payload.get("format") != "robust-ebm-train/1":
         raise UserError(f"{path}: not a robust-ebm training state; pass the run's folder")
     diffs = config_differences(payload["config"], config, defaults)
