@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k energy"`.
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-oracle test-slow data venv lint clean
+.PHONY: demo test test-oracle test-slow test-browser data venv lint clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,11 @@ test-oracle: venv
 test-slow: venv data
 	@$(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc = 5 ]; then echo "make test-slow: no slow test collected"; exit 0; fi; exit $$rc
+
+# The demo report in headless Chromium (Debian: apt-get install chromium).
+test-browser: venv data
+	@$(PY) -m pytest -m browser $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc = 5 ]; then echo "make test-browser: no browser test collected"; exit 1; fi; exit $$rc
 
 lint: venv
 	$(PY) -m ruff check src tests benchmarks

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import emit
+from .common import emit, positive_int
 
 EPILOG = """\
 stages: adversarial training from scratch (WEAT_adv beside SAT), energies under attack,
@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrain", action="store_true",
                    help="first rebuild the committed models from their configs (hours on a CPU)")
     p.add_argument("--seed", type=int, default=0, help="seeds attacks, samplers and training")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch CPU threads (default 1: fastest on a shared CPU)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: found)")
     p.add_argument("--root", default=None,
                    help="repository clone with artifacts/fmnist (default: found from here)")
@@ -52,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
     root = find_root(Path(args.root) if args.root else None)
     out = output_dir(args, "demo")
     cfg = DemoConfig(root=root, sizes=QUICK if args.quick else FULL, seed=args.seed,
-                     data_dir=args.data_dir)
-    log = (lambda s: print(s, file=sys.stderr, flush=True))
+                     data_dir=args.data_dir, threads=args.threads)
+
+    def log(line: str) -> None:  # progress on stderr, so --json stays clean on stdout
+        print(line, file=sys.stderr, flush=True)
+
     if args.retrain:
         cfg = retrain(cfg, out, quick=args.quick, log=log)
     res = run_demo(cfg, out, log)

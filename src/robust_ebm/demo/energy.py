@@ -1,6 +1,6 @@
 """Stage 2: energies of clean and attacked test images, standard vs robust models.
 
-For each committed model and each attack family (FGSM, PGD-CE, APGD-CE/-DLR, CW margin,
+For each committed model and each attack family (FGSM, PGD-CE, APGD-CE, CW margin,
 TRADES-KL, Square, HE-PGD and same-norm random noise as the control), E(x) of the natural
 point against E(x*) of the attacked one (Mirza et al., arXiv 2407.06315, Sec. 4: untargeted
 CE attacks lower E(x) on a standard model; on robust models E(x*) lies above E(x)).
@@ -15,7 +15,7 @@ from .runner import Stage, StageContext
 
 NAME = "energy"
 MODELS = ("standard", "pgd_at", "weat_adv")
-ATTACKS = ("fgsm", "pgd", "apgd_ce", "apgd_dlr", "cw", "trades_kl", "square", "he_pgd", "noise")
+ATTACKS = ("fgsm", "pgd", "apgd_ce", "cw", "trades_kl", "square", "he_pgd", "noise")
 
 
 def stage(cfg: DemoConfig) -> Stage:
@@ -39,12 +39,12 @@ def test_points(p: dict[str, Any], n: int, start: int = 0) -> tuple[Any, Any]:
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..analysis import analyze_energy, default_attacks
     from ..checkpoint import load_model
-    from ..reports import plot_energy_histograms
-    from .figures import LABELS
+    from .figures import LABELS, plot_energy_boxes
 
     p = ctx.params
     x, y = test_points(p, p["n"])
-    out: dict[str, Any] = {"models": {}, "figures": {}}
+    out: dict[str, Any] = {"models": {}, "figures": {"boxes": "energy.png"}}
+    energies = {}
     for m in p["models"]:
         model = load_model(p["checkpoints"][m]).eval()
         attacks, notes = default_attacks(p["eps"], p["attacks"], steps=p["steps"], seed=p["seed"],
@@ -54,11 +54,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         res = analysis.to_dict()
         res["notes"] = notes + res.get("notes", [])
         out["models"][m] = res
-        e_clean = analysis.per_sample(None)["E"].numpy()
-        e_adv = {a: analysis.per_sample(a)["E"].numpy() for a in analysis.adversarial}
-        fig = f"hist_{m}.png"
-        plot_energy_histograms(e_clean, e_adv, ctx.dir / fig,
-                               title=f"{LABELS[m]}: E(x) of clean (blue) vs attacked (red) "
-                                     f"test images, eps {p['eps']:g}")
-        out["figures"][m] = fig
+        energies[LABELS[m]] = {"clean": analysis.per_sample(None)["E"].numpy()} | {
+            a: analysis.per_sample(a)["E"].numpy() for a in analysis.adversarial}
+    plot_energy_boxes(energies, ctx.dir / "energy.png", p["eps"])
     return out

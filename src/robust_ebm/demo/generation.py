@@ -49,7 +49,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from ..checkpoint import load_model
     from ..data import load_dataset
     from ..generation_metrics import ClassifierFeatures
-    from ..sampling import SGLD, ClassGaussianInit, generate, save_grid
+    from ..sampling import SGLD, ClassGaussianInit, generate
+    from .figures import save_mosaic
     from .runner import file_sha256
 
     p = ctx.params
@@ -76,15 +77,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
         traj = gen.energy_trajectory.mean(dim=1)
         rows[m] |= {"energy_start": float(traj[0]), "energy_end": float(traj[-1])}
         trajectories[m] = traj.tolist()
-        save_grid(ctx.dir / f"grid_{m}.png", gen.x, gen.y, max_per_class=8,
-                  title=f"{m}: SGLD samples (rows: classes 0-9)")
+        save_mosaic(ctx.dir / f"grid_{m}.png", gen.x, gen.y,
+                    title=f"{m}: SGLD samples (rows: classes 0-9)")
         ctx.log(f"  {m}: FID {rows[m]['fid']:.1f}, IS {rows[m]['is_mean']:.2f}")
     assert x0 is not None
     n_ref = min(len(x0), len(test))
     refs = {"x0 (starting points, no SGLD)": _metrics(real.images, x0, net, feat, p["seed"]),
             "real test images": _metrics(real.images, test.images[:n_ref], net, feat, p["seed"])}
-    save_grid(ctx.dir / "grid_x0.png", x0, torch.tensor(classes).repeat_interleave(
-        p["n_per_class"]), max_per_class=8, title="starting points (class Gaussian)")
+    save_mosaic(ctx.dir / "grid_x0.png", x0, torch.tensor(classes).repeat_interleave(
+        p["n_per_class"]), title="starting points (class Gaussian)")
     plot_trajectories(trajectories, ctx.dir / "energy.png")
     return {"models": rows, "references": refs, "features": feat,
             "figures": {**{m: f"grid_{m}.png" for m in p["models"]}, "x0": "grid_x0.png",

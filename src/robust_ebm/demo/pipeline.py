@@ -41,10 +41,15 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike[str],
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = build_stages(cfg)
-    records = run_stages(stages, out, log)
-    info = run_info(cfg.to_dict(), cfg.seed, "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        records = run_stages(stages, out, log)
+    finally:
+        torch.set_num_threads(threads)
+    info = run_info(cfg.to_dict(), cfg.seed, "cpu") | {"threads": cfg.threads}
     info["machine"] = (f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
-                       f"torch threads {torch.get_num_threads()})")
+                       f"torch threads {cfg.threads})")
     info["wall_time_this_run_s"] = round(time.perf_counter() - t0, 2)
     html, md = write_report(records, out, info)
     return DemoResult(html, md, records, time.perf_counter() - t0)

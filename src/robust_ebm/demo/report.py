@@ -130,9 +130,8 @@ def _energy(rec: StageRecord, out: Path) -> Section:
               _f(v["seconds"], ".1f")] for a, v in r["attacks"].items()],
             f"{_lab(m)}: clean accuracy {c['accuracy']:.3f}, clean E(x) mean "
             f"{c['E_x']['mean']:.3f} (std {c['E_x']['std']:.3f})"))
-        blocks.append(_fig(rec, m, f"{_lab(m)}: histograms of E(x) for clean and attacked "
-                                   "images", out))
         blocks += [Paragraph(f"Note: {n}") for n in r.get("notes", [])]
+    blocks.append(_fig(rec, "boxes", "E(x) of clean and attacked test images per model", out))
     return Section(SECTIONS["energy"], "energy", blocks)
 
 
