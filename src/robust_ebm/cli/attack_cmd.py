@@ -32,8 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "attack",
         help="robust accuracy under an attack cascade; saves adversarial examples",
-        description="Run attacks as a cascade (only still-robust points go on) and report "
-        "per-attack and worst-case robust accuracy with clean accuracy on the same points.",
+        description="Measure how many points a model still classifies correctly under "
+        "attack: attacks run as a cascade (only still-robust points go on), reporting per-attack "
+        "and worst-case robust accuracy with clean accuracy on the same points.",
+        epilog="example:\n  robust-ebm attack --checkpoint artifacts/fmnist/pgd_at-s0.safetensors "
+               "--dataset fashion_mnist \\\n      --n 200 --eps 0.1 --attacks pgd,apgd_ce "
+               "--out runs/attack",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="a robust-ebm .safetensors checkpoint")
     add_common_args(p)
