@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_demo(cfg, out, log)
     result = {"html": str(res.html), "markdown": str(res.markdown), "seconds": res.seconds,
               "stages": {r.name: {"reused": r.reused, "seconds": r.seconds,
+                                  "cpu_seconds": r.cpu_seconds,
                                   "wall_this_run": r.wall_this_run} for r in res.records}}
     emit(result, args.json, f"report: {res.html}\n        {res.markdown}\n"
                             f"({res.seconds:.1f}s this run)")

@@ -29,11 +29,11 @@ class Sizes:
     # 1. training from scratch: evals x steps_per_eval optimizer steps per objective
     train_subset: int = 5000
     train_batch: int = 32
-    train_evals: int = 10
+    train_evals: int = 8
     train_steps_per_eval: int = 20
     train_inner_steps: int = 2
-    train_eval_n: int = 100
-    train_eval_steps: int = 5
+    train_eval_n: int = 64
+    train_eval_steps: int = 3
     # 2. energy under attack
     energy_n: int = 100
     energy_steps: int = 10

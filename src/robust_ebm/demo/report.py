@@ -210,12 +210,15 @@ def _robustness(rec: StageRecord) -> Section:
 
 def _provenance(records: Sequence[StageRecord], info: dict[str, Any]) -> Section:
     rows = [[r.title, "reused" if r.reused else "computed", f"{r.seconds:.1f}",
-             f"{r.wall_this_run:.1f}", r.fingerprint[:12]] for r in records]
+             f"{r.cpu_seconds:.1f}", f"{r.wall_this_run:.1f}", r.fingerprint[:12]]
+            for r in records]
     return Section(SECTIONS["provenance"], "provenance", [
         Paragraph("Each stage is cached in stages/<name>/ under a fingerprint of its inputs "
                   "(parameters, seed, SHA-256 of the checkpoints and tables it reads); a later run "
                   "reuses it while they are unchanged."),
-        Table(["stage", "this run", "compute wall time s", "this run s", "fingerprint"], rows),
+        Table(["stage", "this run", "compute wall time s", "compute CPU time s", "this run s",
+               "fingerprint"], rows, "CPU time: this process, all its threads; on an idle "
+               "machine the wall time of a 1-thread run is close to it"),
         Code("command: " + " ".join(info["argv"]) + "\n" + "\n".join(
             f"{k}: {v}" for k, v in info.items() if k not in ("argv", "config"))),
         Code(json.dumps(info["config"], indent=2, default=str)),

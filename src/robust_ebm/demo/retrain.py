@@ -85,9 +85,14 @@ def retrain(cfg: DemoConfig, out: str | Path, quick: bool = False,
            "This takes HOURS on a 2-core CPU (about 30 minutes per adversarial model); "
            "interrupt any time, the next run resumes."))
     models = {}
-    for obj in OBJECTIVES:
-        run_dir = Path(out) / "models" / f"{obj}-s{cfg.seed}"
-        log(f"retrain {obj} -> {run_dir}")
-        models[obj] = _train(retrain_config(cfg.root, obj, cfg.seed, quick), run_dir,
-                             lambda s, obj=obj: log(f"  {obj} {s}"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        for obj in OBJECTIVES:
+            run_dir = Path(out) / "models" / f"{obj}-s{cfg.seed}"
+            log(f"retrain {obj} -> {run_dir}")
+            models[obj] = _train(retrain_config(cfg.root, obj, cfg.seed, quick), run_dir,
+                                 lambda s, obj=obj: log(f"  {obj} {s}"))
+    finally:
+        torch.set_num_threads(threads)
     return replace(cfg, models=models)

@@ -95,6 +95,7 @@ class StageRecord:
     dir: Path
     result: dict[str, Any]
     seconds: float  # wall time of the computation (when it was computed)
+    cpu_seconds: float  # CPU time of this process for it (all threads); idle-machine wall time
     reused: bool
     fingerprint: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -117,10 +118,11 @@ def _compute(stage: Stage, root: Path, fp: str, log: Log) -> dict[str, Any]:
     partial = root / f".{stage.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted run
     partial.mkdir(parents=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = stage.run(StageContext(params=stage.params, dir=partial, log=log))
     rec = {"fingerprint": fp, "name": stage.name, "title": stage.title, "params": stage.params,
-           "seconds": time.perf_counter() - t0, "result": result}
+           "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+           "result": result}
     atomic_write_json(partial / STAGE_FILE, rec)
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
@@ -141,13 +143,14 @@ def run_stages(stages: Sequence[Stage], out: Path, log: Log = print) -> list[Sta
         if rec is None:
             log(f"{tag}: running")
             rec = _compute(stage, root, fp, lambda s, tag=tag: log(f"  {s}"))
-            log(f"{tag}: done in {rec['seconds']:.1f}s")
+            log(f"{tag}: done in {rec['seconds']:.1f}s (CPU {rec['cpu_seconds']:.1f}s)")
         else:
             log(f"{tag}: reused from {root / stage.name} (computed in {rec['seconds']:.1f}s; "
                 "inputs unchanged)")
         records.append(StageRecord(
             name=stage.name, title=stage.title, dir=root / stage.name, result=rec["result"],
-            seconds=float(rec["seconds"]), reused=reused, fingerprint=fp, params=stage.params,
+            seconds=float(rec["seconds"]), cpu_seconds=float(rec.get("cpu_seconds", 0.0)),
+            reused=reused, fingerprint=fp, params=stage.params,
             wall_this_run=time.perf_counter() - t0,
         ))
     return records

@@ -49,8 +49,10 @@ def _train_one(objective_name: str, p: dict[str, Any], train_set: Any, test_set:
         limit_train_batches=p["steps_per_eval"], eval_eps=p["eps"], eval_steps=p["eval_steps"],
         eval_n=p["eval_n"], energy_n=p["eval_n"], eval_batch_size=500,
     )
+    log(f"{objective_name}: {p['evals']} blocks of {p['steps_per_eval']} steps; after each, clean "
+        f"and PGD-{p['eval_steps']} accuracy and dE(x) on {p['eval_n']} train / test points")
     return train(model, objective, train_set, tcfg, test_set=test_set, device="cpu",
-                 log=lambda s: log(f"{objective_name} {s}"))
+                 log=lambda s: log(f"{objective_name} {s.replace('epoch', 'block', 1)}"))
 
 
 def _slim(history: list[dict[str, Any]], steps_per_eval: int) -> list[dict[str, Any]]:
