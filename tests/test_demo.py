@@ -270,3 +270,23 @@ def test_another_seed_recomputes(quick_run, tmp_path, capsys):
     assert not rec.reused  # seed 1 does not reuse seed 0's stage
     assert rec.result["fresh"] != json.loads(
         (out0 / "stages" / "robustness" / "stage.json").read_text())["result"]["fresh"]
+
+
+@pytest.mark.parametrize("objective", ["standard", "pgd_at", "trades", "mart", "weat_adv",
+                                       "weat_nat"])
+def test_retrain_rebuilds_each_committed_model_from_its_recorded_config(objective):
+    from dataclasses import asdict
+
+    from robust_ebm.checkpoint import read_metadata
+    from robust_ebm.demo.retrain import retrain_config
+    from robust_ebm.train.config import train_config
+
+    meta = read_metadata(ROOT / "artifacts" / "fmnist" / f"{objective}-s0.safetensors")
+    cfg = retrain_config(ROOT, objective, seed=0, quick=False)
+    if cfg["train"].get("eval_eps") is None and objective != "standard":
+        cfg["train"]["eval_eps"] = cfg["objective"]["eps"]  # as the training run resolves it
+    resolved = json.loads(json.dumps(asdict(train_config(cfg))))
+    assert {k: resolved[k] for k in meta["config"]} == meta["config"]
+    assert {k: v for k, v in cfg["objective"].items() if v is not None} == \
+        {k: v for k, v in meta["objective_config"].items() if v is not None}
+    assert cfg["data"]["train_subset"] == 10000 and cfg["data"]["val_size"] == 5000
