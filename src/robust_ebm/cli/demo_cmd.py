@@ -7,6 +7,7 @@ OUT/report.md; finished stages are cached in OUT and reused by the next run.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from .common import emit, positive_int
@@ -44,6 +45,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _command(args: argparse.Namespace, out: object) -> str:
+    """The command line that reproduces this run (whatever called main())."""
+    words = ["robust-ebm", "demo", "--out", str(out)]
+    words += [flag for flag, on in (("--quick", args.quick), ("--retrain", args.retrain)) if on]
+    for flag, value, default in (("--seed", args.seed, 0), ("--threads", args.threads, 1),
+                                 ("--data-dir", args.data_dir, None), ("--root", args.root, None)):
+        if value != default:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -61,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.retrain:
         cfg = retrain(cfg, out, quick=args.quick, log=log)
-    res = run_demo(cfg, out, log)
+    res = run_demo(cfg, out, log, command=_command(args, out))
     result = {"html": str(res.html), "markdown": str(res.markdown), "seconds": res.seconds,
               "stages": {r.name: {"reused": r.reused, "seconds": r.seconds,
                                   "cpu_seconds": r.cpu_seconds,

@@ -33,8 +33,11 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
 
 
 def run_demo(cfg: DemoConfig, out: str | os.PathLike[str],
-             log: Callable[[str], None] = print) -> DemoResult:
-    """Run (or reuse) every stage into ``out`` and write ``out/report.html`` and ``report.md``."""
+             log: Callable[[str], None] = print, command: str | None = None) -> DemoResult:
+    """Run (or reuse) every stage into ``out`` and write ``out/report.html`` and ``report.md``.
+
+    ``command`` is what the report's provenance names as the command (default: ``sys.argv``).
+    """
     from ..provenance import run_info
 
     t0 = time.perf_counter()
@@ -48,6 +51,8 @@ def run_demo(cfg: DemoConfig, out: str | os.PathLike[str],
     finally:
         torch.set_num_threads(threads)
     info = run_info(cfg.to_dict(), cfg.seed, "cpu") | {"threads": cfg.threads}
+    if command:
+        info["argv"] = [command]
     info["machine"] = (f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
                        f"torch threads {cfg.threads})")
     info["wall_time_this_run_s"] = round(time.perf_counter() - t0, 2)
