@@ -215,9 +215,12 @@ def test_second_run_reuses_every_stage(quick_run, capsys):
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # a shell that started us in the background may have set SIGINT to 'ignore', which the child
+    # would inherit (and Python then installs no KeyboardInterrupt handler): restore the default
     return subprocess.Popen(
         [sys.executable, "-m", "robust_ebm", "demo", "--quick", "--out", str(out), "--root",
-         str(ROOT), *extra], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+         str(ROOT), *extra], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(proc: subprocess.Popen, needle: str, timeout: float = 300) -> None:
@@ -230,6 +233,7 @@ def _wait_for(proc: subprocess.Popen, needle: str, timeout: float = 300) -> None
     raise AssertionError(f"the demo ended before {needle!r} (rc {proc.wait()})")
 
 
+@pytest.mark.slow  # three more partial runs of the --quick demo
 @needs_fmnist
 def test_interrupted_demo_resumes_with_the_same_numbers(quick_run, tmp_path):
     out0, _ = quick_run

@@ -69,6 +69,14 @@ def save_mosaic(path: str | os.PathLike[str], x: Tensor, y: Tensor, cols: int = 
     return save_figure(fig, path)
 
 
+def _horizontal() -> dict[str, object]:
+    """boxplot's keyword for horizontal boxes: 'orientation' from matplotlib 3.10, 'vert' before."""
+    import matplotlib
+
+    major, minor = (int(v) for v in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
+
+
 def plot_energy_boxes(energies: dict[str, dict[str, np.ndarray]], path: str | os.PathLike[str],
                       eps: float) -> Path:
     """One panel per model: box plots (5-95% whiskers) of E(x) for clean images and for each
@@ -81,8 +89,8 @@ def plot_energy_boxes(energies: dict[str, dict[str, np.ndarray]], path: str | os
                                  squeeze=False)
         for ax, (model, rows) in zip(axes[0], energies.items()):
             names = list(rows)
-            ax.boxplot([rows[n] for n in names], vert=False, whis=(5, 95), showfliers=False,
-                       widths=0.6)
+            ax.boxplot([rows[n] for n in names], whis=(5, 95), showfliers=False, widths=0.6,
+                       **_horizontal())
             ax.set_yticks(range(1, len(names) + 1))
             ax.set_yticklabels(names)
             ax.invert_yaxis()
