@@ -293,3 +293,17 @@ def test_retrain_rebuilds_each_committed_model_from_its_recorded_config(objectiv
     assert {k: v for k, v in cfg["objective"].items() if v is not None} == \
         {k: v for k, v in meta["objective_config"].items() if v is not None}
     assert cfg["data"]["train_subset"] == 10000 and cfg["data"]["val_size"] == 5000
+
+
+@pytest.mark.slow  # six short trainings, then the --quick demo on the new models
+@needs_fmnist
+def test_retrain_quick_trains_six_models_and_the_stages_read_them(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["demo", "--quick", "--retrain", "--out", str(out), "--root", str(ROOT)]) == 0
+    err = capsys.readouterr().err
+    assert err.index("--retrain: rebuilding") < err.index("[1/5]")  # said before it started
+    models = sorted(p.parent.name for p in (out / "models").glob("*/model.safetensors"))
+    assert models == sorted(f"{o}-s0" for o in ("standard", "pgd_at", "trades", "mart",
+                                                 "weat_adv", "weat_nat"))
+    rec = json.loads((out / "stages" / "robustness" / "stage.json").read_text())
+    assert all(Path(p).parent.parent == out / "models" for p in rec["params"]["checkpoints"].values())

@@ -37,7 +37,7 @@ class Sizes:
     # 2. energy under attack
     energy_n: int = 100
     energy_steps: int = 10
-    square_queries: int = 100
+    square_queries: int = 50
     # 3. detector
     det_cal_n: int = 200
     det_n: int = 150
