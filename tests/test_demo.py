@@ -307,3 +307,13 @@ def test_retrain_quick_trains_six_models_and_the_stages_read_them(tmp_path, caps
                                                  "weat_adv", "weat_nat"))
     rec = json.loads((out / "stages" / "robustness" / "stage.json").read_text())
     assert all(Path(p).parent.parent == out / "models" for p in rec["params"]["checkpoints"].values())
+
+
+def test_fingerprint_tells_apart_files_of_the_same_name(tmp_path):
+    a, b = tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors"
+    for f, data in ((a, b"1"), (b, b"2")):
+        f.parent.mkdir()
+        f.write_bytes(data)
+    base = fingerprint("s", 1, {}, [a, b])
+    b.write_bytes(b"3")  # e.g. one of six retrained models, all named model.safetensors
+    assert fingerprint("s", 1, {}, [a, b]) != base

@@ -234,7 +234,7 @@ def build_document(records: Sequence[StageRecord], out: Path, info: dict[str, An
              "small CNNs: adversarial training moves the energy of attacked points, attacks "
              "move energies in characteristic directions, the energy detects attacks until "
              "the attacker controls it, and robust models generate recognisable images. "
-             f"Machine: {platform.node()}, {info.get('threads')} torch threads.")
+             f"Machine: {info.get('machine', platform.node())}.")
     return Document("robust-ebm demo report", intro, sections)
 
 

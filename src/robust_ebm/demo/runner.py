@@ -44,13 +44,13 @@ def file_sha256(path: str | Path) -> str:
 def fingerprint(name: str, version: int, params: dict[str, Any], files: Sequence[Path]) -> str:
     """SHA-256 over a stage's name, code version, parameters and input files' contents.
 
-    Files are keyed by their name (not their folder), so moving a clone keeps the cache valid
-    while changing a checkpoint's bytes invalidates it."""
+    Files enter as (file name, SHA-256) in the given order, so new bytes in a checkpoint (or
+    another checkpoint) invalidate the stage even when the path stays the same."""
     key = {
         "stage": name,
         "version": version,
         "params": params,
-        "files": {Path(p).name: file_sha256(p) for p in sorted(files, key=str)},
+        "files": [[Path(p).name, file_sha256(p)] for p in files],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
