@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_json
+from ..io import atomic_write_text
 
 __all__ = ["Stage", "StageContext", "StageRecord", "file_sha256", "fingerprint", "run_stages"]
 
@@ -123,10 +123,12 @@ def _compute(stage: Stage, root: Path, fp: str, log: Log) -> dict[str, Any]:
     rec = {"fingerprint": fp, "name": stage.name, "title": stage.title, "params": stage.params,
            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
            "result": result}
-    atomic_write_json(partial / STAGE_FILE, rec)
+    # insertion order kept (no sort_keys): the report lists models and attacks in stage order
+    atomic_write_text(partial / STAGE_FILE, json.dumps(rec, indent=2, default=str) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
-    return rec
+    # what a later run will reuse, so a computed and a reused stage report the same thing
+    return json.loads((final / STAGE_FILE).read_text())
 
 
 def run_stages(stages: Sequence[Stage], out: Path, log: Log = print) -> list[StageRecord]:
