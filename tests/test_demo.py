@@ -271,8 +271,10 @@ def test_another_seed_recomputes(quick_run, tmp_path, capsys):
               if s.name == "robustness"]
     rec = run_stages(stages, out, log=lambda s: None)[0]
     assert not rec.reused  # seed 1 does not reuse seed 0's stage
-    assert rec.result["fresh"] != json.loads(
-        (out0 / "stages" / "robustness" / "stage.json").read_text())["result"]["fresh"]
+    seed0 = json.loads((out0 / "stages" / "robustness" / "stage.json").read_text())["result"]
+    assert rec.result["committed"] == seed0["committed"]
+    # another PGD random start: other energies (wall times left out of the comparison)
+    assert _strip_times(rec.result["fresh"]) != _strip_times(seed0["fresh"])
 
 
 @pytest.mark.parametrize("objective", ["standard", "pgd_at", "trades", "mart", "weat_adv",
