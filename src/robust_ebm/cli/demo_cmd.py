@@ -15,7 +15,7 @@ from .common import emit, positive_int
 EPILOG = """\
 stages: adversarial training from scratch (WEAT_adv beside SAT), energies under attack,
 the energy detector with HE-PGD and adaptive attacks, SGLD generation with FID/KID/IS, and
-the committed AutoAttack table beside a fresh PGD. About 10 minutes on a 2-core CPU;
+the committed AutoAttack table beside a fresh PGD. About 6 minutes on a busy 2-core CPU;
 a second run reuses every finished stage.
 
 example:

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "likely): attack it, train it robustly, detect attacks by their energy and "
                     "generate images from it.",
         epilog="example:\n"
-               "  robust-ebm demo --out runs/demo   # everything on Fashion-MNIST, ~10 min; "
+               "  robust-ebm demo --out runs/demo   # everything on Fashion-MNIST, minutes; "
                "open runs/demo/report.html\n"
                "  robust-ebm COMMAND --help         # what a command does, with an example",
         formatter_class=argparse.RawDescriptionHelpFormatter)
