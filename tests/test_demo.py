@@ -319,3 +319,33 @@ def test_fingerprint_tells_apart_files_of_the_same_name(tmp_path):
     base = fingerprint("s", 1, {}, [a, b])
     b.write_bytes(b"3")  # e.g. one of six retrained models, all named model.safetensors
     assert fingerprint("s", 1, {}, [a, b]) != base
+
+
+def _parsers(parser, path=()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(getattr(action, "choices", None), dict):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_help_opens_with_a_sentence_and_ends_with_an_example_that_parses():
+    import shlex
+
+    from robust_ebm.cli.main import build_parser
+
+    parser = build_parser()
+    seen = 0
+    for path, p in _parsers(parser):
+        assert p.description and p.description.rstrip().endswith("."), path
+        text = p.format_help()
+        assert text.split("\n\n")[1].strip().startswith(p.description.split()[0]), path
+        lines = [ln.split("#")[0].strip() for ln in (p.epilog or "").replace("\\\n", " ")
+                 .splitlines()]
+        examples = [ln for ln in lines if ln.startswith("robust-ebm ") and "COMMAND" not in ln]
+        assert examples, f"no example in the help of {' '.join(path) or 'robust-ebm'}"
+        assert text.rstrip().endswith(p.epilog.rstrip()), path  # the example comes last
+        for ex in examples:
+            parser.parse_args(shlex.split(ex)[1:])  # raises on an unknown flag
+        seen += 1
+    assert seen >= 14
