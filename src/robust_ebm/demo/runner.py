@@ -144,7 +144,12 @@ def run_stages(stages: Sequence[Stage], out: Path, log: Log = print) -> list[Sta
         reused = rec is not None
         if rec is None:
             log(f"{tag}: running")
-            rec = _compute(stage, root, fp, lambda s, tag=tag: log(f"  {s}"))
+            try:
+                rec = _compute(stage, root, fp, lambda s, tag=tag: log(f"  {s}"))
+            except KeyboardInterrupt:
+                log(f"{tag}: interrupted; run the same command again to resume (the "
+                    f"{i - 1} finished stage(s) are kept)")
+                raise
             log(f"{tag}: done in {rec['seconds']:.1f}s (CPU {rec['cpu_seconds']:.1f}s)")
         else:
             log(f"{tag}: reused from {root / stage.name} (computed in {rec['seconds']:.1f}s; "
