@@ -27,6 +27,9 @@ def stage(cfg: DemoConfig) -> Stage:
     s = cfg.sizes
     ckpts = {m: cfg.checkpoint(m) for m in OBJECTIVES}
     table = cfg.root / TABLE
+    if not table.is_file():
+        raise UserError(f"missing {table}: the demo reads the committed AutoAttack results from "
+                        "it; run the demo from a full clone of the repository (or pass --root)")
     params = cfg.common() | {"models": list(OBJECTIVES), "n": s.pgd_n, "steps": s.pgd_steps,
                              "checkpoints": {m: str(p) for m, p in ckpts.items()},
                              "table": str(table)}
