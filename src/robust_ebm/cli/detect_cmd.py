@@ -35,7 +35,8 @@ example (calibrate on training images, evaluate on test images):
   robust-ebm detect calibrate --checkpoint artifacts/fmnist/standard-s0.safetensors \\
       --dataset fashion_mnist --cal-split train --n 500 --eps 0.1 --out runs/det
   robust-ebm detect evaluate --checkpoint artifacts/fmnist/standard-s0.safetensors \\
-      --dataset fashion_mnist --detector runs/det/detector.json --n 200 --out runs/det-eval
+      --dataset fashion_mnist --detector runs/det/detector.json --n 200 --attacks pgd,fgsm \\
+      --out runs/det-eval
 """
 
 
