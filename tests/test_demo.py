@@ -284,13 +284,14 @@ def test_retrain_rebuilds_each_committed_model_from_its_recorded_config(objectiv
 
     from robust_ebm.checkpoint import read_metadata
     from robust_ebm.demo.retrain import retrain_config
-    from robust_ebm.train.config import train_config
+    from robust_ebm.train.config import eval_config, train_config
 
     meta = read_metadata(ROOT / "artifacts" / "fmnist" / f"{objective}-s0.safetensors")
     cfg = retrain_config(ROOT, objective, seed=0, quick=False)
     if cfg["train"].get("eval_eps") is None and objective != "standard":
         cfg["train"]["eval_eps"] = cfg["objective"]["eps"]  # as the training run resolves it
-    resolved = json.loads(json.dumps(asdict(train_config(cfg))))
+    # the [train] section: the loop's settings and what the callbacks watch
+    resolved = json.loads(json.dumps(asdict(train_config(cfg)) | asdict(eval_config(cfg))))
     assert {k: resolved[k] for k in meta["config"]} == meta["config"]
     assert {k: v for k, v in cfg["objective"].items() if v is not None} == \
         {k: v for k, v in meta["objective_config"].items() if v is not None}

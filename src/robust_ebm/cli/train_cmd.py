@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict
 from typing import Any
 
-import torch
-
-from ..checkpoint import save_model
-from ..data import load_dataset, split_train_val
 from ..errors import UserError
-from ..models import create_model, list_models
-from ..objectives import list_objectives, make_objective
-from ..provenance import write_run_json
-from ..train import PRECISIONS, SCHEDULES, train
-from ..train.config import apply_set, default_config, load_toml, merge, train_config
-from ..train.loop import check_device_options
+from ..models import list_models
+from ..objectives import list_objectives
+from ..train import PRECISIONS, SCHEDULES
+from ..train.config import apply_set, default_config, load_toml, merge
 from .common import (
     add_common_args,
     emit,
@@ -46,6 +39,7 @@ _FLAGS = {
     "eval_n": ("train", "eval_n"), "energy_n": ("train", "energy_n"),
     "save_every": ("train", "save_every"), "deterministic": ("train", "deterministic"),
     "precision": ("train", "precision"), "channels_last": ("train", "channels_last"),
+    "compile": ("train", "compile"),
     "tensorboard": ("train", "tensorboard"),
 }
 
@@ -99,6 +93,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="autocast for training steps: bf16, or fp16 on CUDA (default fp32)")
     p.add_argument("--channels-last", action="store_const", const=True, default=None,
                    help="NHWC memory order for weights and batches (faster convolutions on GPUs)")
+    p.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the model for the training steps (fp32 or bf16)")
     p.add_argument("--tensorboard", action="store_const", const=True, default=None,
                    help="also write per-epoch scalars to OUT/tensorboard (needs tensorboard)")
 
@@ -134,48 +130,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Train as configured; the result dict (None on non-main ranks)."""
+    """Train as configured (:func:`robust_ebm.train.run.run_training`); the result dict (None on
+    non-main ranks)."""
+    from ..train.run import run_training
+
     cfg = resolve_config(args, defaults)
-    obj_hp = {k: v for k, v in cfg["objective"].items() if k != "name"}
-    objective = make_objective(cfg["objective"]["name"], **obj_hp)
-    if cfg["train"].get("eval_eps") is None and getattr(objective, "eps", None) is not None:
-        cfg["train"]["eval_eps"] = float(objective.eps)
-    tcfg = train_config(cfg)
-    data = cfg["data"]
-    if data["val_size"] is None or data["val_size"] < 0:
-        raise UserError(f"val_size must be >= 0; got {data['val_size']}")
     if args.resume and not args.out:
         raise UserError("--resume needs --out pointing at the interrupted run's folder")
-    device = resolve_device(args.device)
-    check_device_options(tcfg, device)
-    model_kw = {k: v for k, v in cfg["model"].items() if k != "name"}
-    full = load_dataset(data["dataset"], "train", data["data_dir"])
-    test = load_dataset(data["dataset"], "test", data["data_dir"])
-    if data["val_size"] >= len(full):
-        raise UserError(f"val_size {data['val_size']} leaves no training data ({len(full)} samples)")
-    train_set, val = (
-        split_train_val(full, data["val_size"], seed=tcfg.seed) if data["val_size"] else (full, None)
-    )
-    if data["train_subset"] is not None and data["train_subset"] < len(train_set):
-        g = torch.Generator().manual_seed(tcfg.seed)
-        train_set = train_set.subset(torch.randperm(len(train_set), generator=g)[: data["train_subset"]])
-    c = train_set.shape[0]
-    torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
-    model = create_model(cfg["model"]["name"], train_set.num_classes, c, train_set.mean,
-                         train_set.std, **model_kw)
+    out = output_dir(args, "train", create=False)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    out = output_dir(args, "train")
-    if is_main and not args.resume:
-        write_run_json(out, cfg, tcfg.seed, device)
-    meta = {"dataset": data["dataset"], "objective": cfg["objective"]["name"],
-            "objective_config": cfg["objective"]}
     log = (lambda s: None) if (args.json or not is_main) else print
-    history = train(model, objective, train_set, tcfg, val_set=val, test_set=test, out_dir=out,
-                    device=device, metadata=meta, run_config=cfg, resume=args.resume, log=log)
-    if not is_main:
-        return None
-    final = history[-1]
-    ckpt = save_model(out / "model.safetensors", model, epoch=tcfg.epochs, metrics=final,
-                      config=asdict(tcfg), **meta)
-    return {"out": str(out), "checkpoint": str(ckpt), "config": cfg, "history": history,
-            "test": final.get("eval", {}).get("test")}
+    return run_training(cfg, out, device=resolve_device(args.device), resume=args.resume, log=log)

@@ -30,7 +30,7 @@ def stage(cfg: DemoConfig) -> Stage:
         "n": s.det_n, "search_n": s.det_search_n, "steps": s.det_steps,
         "gammas": list(s.det_gammas), "attacks": list(ATTACKS), "calibration_attack": "pgd",
     }
-    return Stage(NAME, "energy detector, HE-PGD sweep and adaptive attacks", 1, params,
+    return Stage(NAME, "energy detector, HE-PGD sweep and adaptive attacks", 2, params,
                  (ckpt,), run)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import DemoConfig
-from .runner import Stage, StageContext
+from .runner import Stage, StageContext, prefixed
 
 NAME = "energy"
 MODELS = ("standard", "pgd_at", "weat_adv")
@@ -24,16 +24,17 @@ def stage(cfg: DemoConfig) -> Stage:
     params = cfg.common() | {"models": list(MODELS), "attacks": list(ATTACKS), "n": s.energy_n,
                              "steps": s.energy_steps, "square_queries": s.square_queries,
                              "checkpoints": {m: str(p) for m, p in ckpts.items()}}
-    return Stage(NAME, "energy of clean vs attacked images", 1, params,
+    return Stage(NAME, "energy of clean vs attacked images", 2, params,
                  tuple(ckpts.values()), run)
 
 
 def test_points(p: dict[str, Any], n: int, start: int = 0) -> tuple[Any, Any]:
     """The test images ``start .. start+n`` as float [0, 1] (N, 1, 28, 28) and labels (N,)."""
     from ..data import load_dataset
+    from ..evaluation.batched import to_unit_float
 
     ds = load_dataset(p["dataset"], "test", p["data_dir"])
-    return ds.images[start : start + n].float() / 255.0, ds.labels[start : start + n]
+    return to_unit_float(ds.images[start : start + n]), ds.labels[start : start + n]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         attacks, notes = default_attacks(p["eps"], p["attacks"], steps=p["steps"], seed=p["seed"],
                                          square_queries=p["square_queries"])
         ctx.log(f"{m}: {len(attacks)} attacks on {len(y)} test images")
-        analysis = analyze_energy(model, x, y, attacks, log=lambda s, m=m: ctx.log(f"  {m} {s}"))
+        analysis = analyze_energy(model, x, y, attacks, log=prefixed(ctx.log, f"  {m} "))
         res = analysis.to_dict()
         res["notes"] = notes + res.get("notes", [])
         out["models"][m] = res

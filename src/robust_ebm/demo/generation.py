@@ -31,7 +31,7 @@ def stage(cfg: DemoConfig) -> Stage:
         "real_n": s.gen_real_n, "stats_n": s.gen_stats_n, "energy": "joint",
         "init": "class_gaussian",
     }
-    return Stage(NAME, "SGLD generation with FID/KID/IS", 1, params,
+    return Stage(NAME, "SGLD generation with FID/KID/IS", 2, params,
                  (*ckpts.values(), cfg.features), run)
 
 
@@ -48,10 +48,9 @@ def _metrics(real: torch.Tensor, fake: torch.Tensor, net: Any, name: str, seed: 
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..checkpoint import load_model
     from ..data import load_dataset
-    from ..generation_metrics import ClassifierFeatures
+    from ..generation_metrics import load_feature_network
     from ..sampling import SGLD, ClassGaussianInit, generate
     from .figures import save_mosaic
-    from .runner import file_sha256
 
     p = ctx.params
     train = load_dataset(p["dataset"], "train", p["data_dir"])
@@ -60,8 +59,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     perm = torch.randperm(len(train), generator=g)
     stats, real = train.subset(perm[: p["stats_n"]]), train.subset(perm[-p["real_n"]:])
     init = ClassGaussianInit().fit(stats.images, stats.labels)
-    net = ClassifierFeatures(load_model(p["features"]).eval())
-    feat = f"small_cnn-h256 feature network (sha256 {file_sha256(p['features'])[:12]})"
+    net, feat = load_feature_network(p["features"], None, train.shape[0], torch.device("cpu"))
     sampler = SGLD(step_size=p["step_size"], momentum=p["momentum"], noise_std=p["noise_std"],
                    steps=p["steps"], energy=p["energy"])
     classes = list(range(train.num_classes))

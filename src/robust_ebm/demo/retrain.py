@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .config import OBJECTIVES, DemoConfig
+from .runner import prefixed
 
 __all__ = ["retrain", "retrain_config"]
 
@@ -42,39 +43,17 @@ def retrain_config(root: Path, objective: str, seed: int, quick: bool) -> dict[s
 
 
 def _train(cfg: dict[str, Any], out: Path, log: Callable[[str], None]) -> Path:
-    from ..checkpoint import save_model
-    from ..data import load_dataset, split_train_val
-    from ..models import create_model
-    from ..objectives import make_objective
-    from ..train import train
-    from ..train.config import train_config
+    """One model as ``robust-ebm train`` trains it (:func:`robust_ebm.train.run.run_training`),
+    resuming from ``out/state.pt`` when an earlier run was interrupted."""
+    from ..train.run import run_training
     from ..train.state import STATE_FILE
 
     final = out / "model.safetensors"
     if final.is_file():
         return final
-    obj_hp = {k: v for k, v in cfg["objective"].items() if k != "name"}
-    objective = make_objective(cfg["objective"]["name"], **obj_hp)
-    if cfg["train"].get("eval_eps") is None and getattr(objective, "eps", None) is not None:
-        cfg["train"]["eval_eps"] = float(objective.eps)
-    tcfg = train_config(cfg)
-    data = cfg["data"]
-    full = load_dataset(data["dataset"], "train", data.get("data_dir"))
-    test = load_dataset(data["dataset"], "test", data.get("data_dir"))
-    train_set, val = split_train_val(full, data["val_size"], seed=tcfg.seed)
-    g = torch.Generator().manual_seed(tcfg.seed)
-    train_set = train_set.subset(torch.randperm(len(train_set), generator=g)[: data["train_subset"]])
-    torch.manual_seed(tcfg.seed)
-    model = create_model(cfg["model"]["name"], train_set.num_classes, train_set.shape[0],
-                         train_set.mean, train_set.std)
-    meta = {"dataset": data["dataset"], "objective": cfg["objective"]["name"],
-            "objective_config": cfg["objective"]}
-    history = train(model, objective, train_set, tcfg, val_set=val, test_set=test, out_dir=out,
-                    metadata=meta, run_config=cfg, resume=(out / STATE_FILE).is_file(), log=log)
-    from dataclasses import asdict
-
-    return save_model(final, model, epoch=tcfg.epochs, metrics=history[-1], config=asdict(tcfg),
-                      **meta)
+    result = run_training(cfg, out, resume=(out / STATE_FILE).is_file(), log=log)
+    assert result is not None  # one process: always the main one
+    return Path(result["checkpoint"])
 
 
 def retrain(cfg: DemoConfig, out: str | Path, quick: bool = False,
@@ -92,7 +71,7 @@ def retrain(cfg: DemoConfig, out: str | Path, quick: bool = False,
             run_dir = Path(out) / "models" / f"{obj}-s{cfg.seed}"
             log(f"retrain {obj} -> {run_dir}")
             models[obj] = _train(retrain_config(cfg.root, obj, cfg.seed, quick), run_dir,
-                                 lambda s, obj=obj: log(f"  {obj} {s}"))
+                                 prefixed(log, f"  {obj} "))
     finally:
         torch.set_num_threads(threads)
     return replace(cfg, models=models)

@@ -33,7 +33,7 @@ def stage(cfg: DemoConfig) -> Stage:
     params = cfg.common() | {"models": list(OBJECTIVES), "n": s.pgd_n, "steps": s.pgd_steps,
                              "checkpoints": {m: str(p) for m, p in ckpts.items()},
                              "table": str(table)}
-    return Stage(NAME, "committed AutoAttack beside a fresh PGD", 1, params,
+    return Stage(NAME, "committed AutoAttack beside a fresh PGD", 2, params,
                  (*ckpts.values(), table), run)
 
 

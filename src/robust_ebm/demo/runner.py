@@ -24,21 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, file_sha256
 
-__all__ = ["Stage", "StageContext", "StageRecord", "file_sha256", "fingerprint", "run_stages"]
+__all__ = ["Stage", "StageContext", "StageRecord", "fingerprint", "prefixed", "run_stages"]
 
 STAGE_FILE = "stage.json"
 Log = Callable[[str], None]
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fingerprint(name: str, version: int, params: dict[str, Any], files: Sequence[Path]) -> str:
@@ -131,6 +122,11 @@ def _compute(stage: Stage, root: Path, fp: str, log: Log) -> dict[str, Any]:
     return json.loads((final / STAGE_FILE).read_text())
 
 
+def prefixed(log: Log, prefix: str) -> Log:
+    """``log`` with ``prefix`` before every line."""
+    return lambda s: log(prefix + s)
+
+
 def run_stages(stages: Sequence[Stage], out: Path, log: Log = print) -> list[StageRecord]:
     """Run or reuse each stage in order; one progress line per stage start and end."""
     root = Path(out) / "stages"
@@ -145,7 +141,7 @@ def run_stages(stages: Sequence[Stage], out: Path, log: Log = print) -> list[Sta
         if rec is None:
             log(f"{tag}: running")
             try:
-                rec = _compute(stage, root, fp, lambda s, tag=tag: log(f"  {s}"))
+                rec = _compute(stage, root, fp, prefixed(log, "  "))
             except KeyboardInterrupt:
                 log(f"{tag}: interrupted; run the same command again to resume (the "
                     f"{i - 1} finished stage(s) are kept)")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .config import DemoConfig
+from .config import LABELS, DemoConfig
 from .runner import Stage, StageContext
 
 NAME = "training"
@@ -30,28 +30,32 @@ def stage(cfg: DemoConfig) -> Stage:
         "inner_step_size": 2.5 * cfg.eps / s.train_inner_steps, "lr": 0.05,
         "eval_n": s.train_eval_n, "eval_steps": s.train_eval_steps,
     }
-    return Stage(NAME, "training from scratch: WEAT_adv beside SAT", 1, params, (), run)
+    return Stage(NAME, "training from scratch: WEAT_adv beside SAT", 2, params, (), run)
 
 
 def _train_one(objective_name: str, p: dict[str, Any], train_set: Any, test_set: Any,
-               log: Any) -> list[dict[str, Any]]:
+               out: Path, log: Any) -> list[dict[str, Any]]:
+    """Train one objective; the live energy dynamics come from the loop's own callbacks
+    (:class:`~robust_ebm.train.Evaluation` then :class:`~robust_ebm.train.EnergyTracking`,
+    which writes ``out/energy.csv`` and ``out/energy_dynamics.png`` after every block)."""
     from ..models import create_model
     from ..objectives import make_objective
-    from ..train import TrainConfig, train
+    from ..train import EnergyTracking, EvalConfig, Evaluation, TrainConfig, train
 
     torch.manual_seed(p["seed"])  # same initial weights for both objectives
     model = create_model(p["model"], train_set.num_classes, train_set.shape[0], train_set.mean,
                          train_set.std)
     objective = make_objective(objective_name, eps=p["eps"], step_size=p["inner_step_size"],
                                steps=p["inner_steps"])
-    tcfg = TrainConfig(
-        epochs=p["evals"], batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"],
-        limit_train_batches=p["steps_per_eval"], eval_eps=p["eps"], eval_steps=p["eval_steps"],
-        eval_n=p["eval_n"], energy_n=p["eval_n"], eval_batch_size=500,
-    )
+    tcfg = TrainConfig(epochs=p["evals"], batch_size=p["batch_size"], lr=p["lr"], seed=p["seed"],
+                       limit_train_batches=p["steps_per_eval"])
+    ecfg = EvalConfig(eval_eps=p["eps"], eval_steps=p["eval_steps"], eval_n=p["eval_n"],
+                      energy_n=p["eval_n"], eval_batch_size=500)
+    callbacks = [Evaluation.from_config(ecfg, p["seed"], train_set, test_set=test_set),
+                 EnergyTracking(out, title=LABELS[objective_name])]
     log(f"{objective_name}: {p['evals']} blocks of {p['steps_per_eval']} steps; after each, clean "
         f"and PGD-{p['eval_steps']} accuracy and dE(x) on {p['eval_n']} train / test points")
-    return train(model, objective, train_set, tcfg, test_set=test_set, device="cpu",
+    return train(model, objective, train_set, tcfg, callbacks, device="cpu",
                  log=lambda s: log(f"{objective_name} {s.replace('epoch', 'block', 1)}"))
 
 
@@ -79,7 +83,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     train_set = full.subset(torch.randperm(len(full), generator=g)[: p["train_subset"]])
     curves = {}
     for name in OBJECTIVES:
-        curves[name] = _slim(_train_one(name, p, train_set, test, ctx.log), p["steps_per_eval"])
+        history = _train_one(name, p, train_set, test, ctx.dir / name, ctx.log)
+        curves[name] = _slim(history, p["steps_per_eval"])
     plot_training(curves, ctx.dir / "dynamics.png", p["eps"])
     return {"curves": curves, "figures": {"dynamics": "dynamics.png"},
             "final": {k: v[-1] for k, v in curves.items()}}

@@ -1,4 +1,4 @@
-"""Energy-based detection of adversarial inputs (Mirza et al., ECCV 2024, arXiv 2407.06315).
+"""Energy-based detection of adversarial inputs (Beadini & Masi, arXiv 2304.04033).
 
 >>> from robust_ebm.detection import EnergyDetector, calibrate_detector
 >>> det, _ = calibrate_detector(model, x_cal, y_cal, make_attack("pgd", eps=0.1))  # doctest: +SKIP
@@ -12,6 +12,8 @@ from .study import (
     DetectorAwareLoss,
     adaptive_attacks,
     calibrate_detector,
+    calibration_positives,
+    calibration_roc_curves,
     detection_row,
     evaluate_detector,
     he_attacks,
@@ -28,6 +30,8 @@ __all__ = [
     "adaptive_attacks",
     "auroc",
     "calibrate_detector",
+    "calibration_positives",
+    "calibration_roc_curves",
     "detection_row",
     "evaluate_detector",
     "he_attacks",

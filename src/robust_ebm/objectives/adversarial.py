@@ -3,25 +3,27 @@
 Each is a frozen dataclass called as ``objective(model, x, y) -> (loss, logs)``. The inner
 attack runs on the unwrapped model (never a DDP wrapper) in eval mode with frozen parameters
 (the attack engine restores both); the outer loss runs the model in its training mode, as in
-the published code. The inner attack's seed is drawn from the global RNG, which the training
-loop seeds per step, so runs are reproducible and resumable. Budgets are in pixel units of
+the published code. The inner attack is built once, when the objective is constructed; each
+call only gives it a fresh seed drawn from the global RNG, which the training loop seeds per
+step, so runs are reproducible and resumable. Budgets are in pixel units of
 [0,1] images; defaults are the CIFAR-10 values of the papers (eps 8/255, step 2/255, 10 steps).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import make_attack
+from ..distributed import unwrap
 from ..energy import free_energy, weat_weights
 from ..errors import UserError
 from ..losses import mart_loss, trades_loss, weat_loss
-from ..train.dist import unwrap
 from .registry import register_objective
 
 Logs = dict[str, Tensor]
@@ -33,9 +35,14 @@ def _seed() -> int:
 
 @dataclass(frozen=True)
 class _Adversarial:
+    """Budget of the inner maximisation: the registered attack ``inner`` with the options
+    ``inner_options``, at ``eps`` with ``steps`` steps of ``step_size`` (pixel units)."""
+
     eps: float = 8 / 255
     step_size: float = 2 / 255
     steps: int = 10
+    inner: ClassVar[str] = "pgd"
+    inner_options: ClassVar[tuple[tuple[str, Any], ...]] = ()
 
     def __post_init__(self) -> None:
         if not self.eps >= 0 or not self.step_size >= 0:
@@ -45,10 +52,15 @@ class _Adversarial:
         beta = getattr(self, "beta", 0.0)
         if not beta >= 0:
             raise UserError(f"beta must be >= 0; got {beta}")
+        # a frozen dataclass holding a derived attribute, not a field (repr, eq and
+        # make_objective's hyperparameters stay the budget)
+        attack = make_attack(self.inner, eps=self.eps, step_size=self.step_size, steps=self.steps,
+                             **dict(self.inner_options))
+        object.__setattr__(self, "inner_attack", attack)
 
-    def _attack(self, name: str, model: nn.Module, x: Tensor, y: Tensor, **kw: Any) -> Tensor:
-        attack = make_attack(name, eps=self.eps, step_size=self.step_size, steps=self.steps,
-                             seed=_seed(), **kw)
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """x* of the inner attack on the unwrapped model, seeded from the global RNG."""
+        attack = dataclasses.replace(self.inner_attack, seed=_seed())  # type: ignore[attr-defined]
         return attack(unwrap(model), x, y).detach()
 
 
@@ -63,16 +75,16 @@ class PGDAT(_Adversarial):
     uniform random start."""
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
-        x_adv = self._attack("pgd", model, x, y)
+        x_adv = self._attack(model, x, y)
         logits_adv = model(x_adv)
         loss = F.cross_entropy(logits_adv, y)
         return loss, {"loss": loss.detach(), "acc_adv": _acc(logits_adv, y),
                       "E_adv": free_energy(logits_adv).mean().detach()}
 
 
-def _pair(obj: _Adversarial, model: nn.Module, x: Tensor, y: Tensor, inner: str) -> tuple[Tensor, Tensor]:
+def _pair(obj: _Adversarial, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """(natural logits, adversarial logits) of the model in its current (training) mode."""
-    x_adv = obj._attack(inner, model, x, y)
+    x_adv = obj._attack(model, x, y)
     return model(x), model(x_adv)
 
 
@@ -89,9 +101,10 @@ class TRADES(_Adversarial):
     x* by TRADES-KL PGD (start x + 0.001 N(0,1); natural logits computed once per batch)."""
 
     beta: float = 6.0
+    inner = "trades_kl"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
-        ln, la = _pair(self, model, x, y, "trades_kl")
+        ln, la = _pair(self, model, x, y)
         loss = trades_loss(ln, la, y, self.beta)
         return loss, _pair_logs(loss, ln, la, y)
 
@@ -103,12 +116,11 @@ class MART(_Adversarial):
     PGD-CE started at x + 0.001 N(0,1)."""
 
     beta: float = 6.0
-
-    def _attack(self, name: str, model: nn.Module, x: Tensor, y: Tensor, **kw: Any) -> Tensor:
-        return super()._attack("pgd", model, x, y, random_start=False, init_std=0.001)
+    inner = "pgd"
+    inner_options = (("random_start", False), ("init_std", 0.001))
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
-        ln, la = _pair(self, model, x, y, "pgd")
+        ln, la = _pair(self, model, x, y)
         loss = mart_loss(ln, la, y, self.beta)
         return loss, _pair_logs(loss, ln, la, y)
 
@@ -118,9 +130,10 @@ class _WEAT(_Adversarial):
     beta: float = 6.0
     normalize: str = "batch"  # 'batch' (published: divide by B) or 'weight_sum'
     variant = "adv"
+    inner = "trades_kl"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
-        ln, la = _pair(self, model, x, y, "trades_kl")
+        ln, la = _pair(self, model, x, y)
         loss = weat_loss(ln, la, y, self.beta, self.variant, self.normalize)
         logs = _pair_logs(loss, ln, la, y)
         logs["weight"] = weat_weights(free_energy(ln)).mean().detach()
