@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k energy"`.
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-oracle test-slow data venv lint typecheck clean
+.PHONY: demo test test-oracle test-slow test-browser data venv lint typecheck clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,11 @@ test-oracle: venv $(ROBUSTBENCH_SRC)/robustbench
 test-slow: venv data $(ROBUSTBENCH_SRC)/robustbench
 	@ROBUSTBENCH_SRC=$(ROBUSTBENCH_SRC) $(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc = 5 ]; then echo "make test-slow: no slow test collected"; exit 0; fi; exit $$rc
+
+# The demo report in headless Chromium (Debian: apt-get install chromium).
+test-browser: venv data
+	@$(PY) -m pytest -m browser $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc = 5 ]; then echo "make test-browser: no browser test collected"; exit 1; fi; exit $$rc
 
 lint: venv typecheck
 	$(PY) -m ruff check src tests benchmarks

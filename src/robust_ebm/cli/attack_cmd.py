@@ -33,9 +33,15 @@ from .scale_args import add_fast_args, fast_model
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "attack", help="robust accuracy under an attack cascade; saves adversarial examples",
-        description="Run attacks as a cascade (only still-robust points go on) and report "
-        "per-attack and worst-case robust accuracy with clean accuracy on the same points.",
+        "attack",
+        help="robust accuracy under an attack cascade; saves adversarial examples",
+        description="Measure how many points a model still classifies correctly under "
+        "attack: attacks run as a cascade (only still-robust points go on), reporting per-attack "
+        "and worst-case robust accuracy with clean accuracy on the same points.",
+        epilog="example:\n  robust-ebm attack --checkpoint artifacts/fmnist/pgd_at-s0.safetensors "
+               "--dataset fashion_mnist \\\n      --n 200 --eps 0.1 --attacks pgd,apgd_ce "
+               "--out runs/attack",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p)
     add_common_args(p)
@@ -60,8 +66,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     m = sub.add_parser(
         "merge-attacks", help="merge shards of one 'attack' run (--start/--n) into one report",
-        description="Check that the shard folders attacked the same checkpoint, data, budget "
-        "and attacks on disjoint points, and write the report the single run would have written.")
+        description="Merge the shards of one 'attack' run: check that the shard folders attacked "
+        "the same checkpoint, data, budget and attacks on disjoint points, and write the report "
+        "the single run would have written.",
+        epilog="example (two shards of 100 points each, then the merged report):\n"
+               "  robust-ebm attack --checkpoint artifacts/fmnist/pgd_at-s0.safetensors "
+               "--dataset fashion_mnist \\\n      --n 100 --eps 0.1 --attacks pgd --out runs/a0\n"
+               "  robust-ebm attack --checkpoint artifacts/fmnist/pgd_at-s0.safetensors "
+               "--dataset fashion_mnist \\\n      --start 100 --n 100 --eps 0.1 --attacks pgd "
+               "--out runs/a1\n"
+               "  robust-ebm merge-attacks runs/attack runs/a0 runs/a1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("out", help="folder for the merged adversarial.safetensors and robustness.json")
     m.add_argument("shards", nargs="+", help="the --out folders of the shards (two or more)")
     m.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -9,13 +9,21 @@ from .common import emit
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="list, verify and download datasets")
+    p = sub.add_parser(
+        "data", help="list, verify and download datasets",
+        description="Find out which datasets are on this machine, check their files, or fetch "
+                    "them.",
+        epilog="example:\n  robust-ebm data list\n  robust-ebm data verify fashion_mnist",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(p))
     dsub.required = True
     for name, help_ in (("list", "datasets and where they were found"),
                         ("verify", "check a dataset's files and checksums"),
                         ("download", "fetch the official files and verify their checksums")):
-        q = dsub.add_parser(name, help=help_)
+        q = dsub.add_parser(
+            name, help=help_, description=help_[0].upper() + help_[1:] + ".",
+            epilog="example:\n  robust-ebm data " + name + ("" if name == "list" else " fashion_mnist"),
+            formatter_class=argparse.RawDescriptionHelpFormatter)
         if name != "list":
             q.add_argument("name", help="dataset name")
         q.add_argument("--data-dir", default=None, help="folder to search (and download into)")

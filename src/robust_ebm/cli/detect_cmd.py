@@ -31,17 +31,33 @@ from .common import (
 )
 from .scale_args import add_fast_args, fast_model
 
+_EXAMPLE = """\
+example (calibrate on training images, evaluate on test images):
+  robust-ebm detect calibrate --checkpoint artifacts/fmnist/standard-s0.safetensors \\
+      --dataset fashion_mnist --cal-split train --n 500 --eps 0.1 --out runs/det
+  robust-ebm detect evaluate --checkpoint artifacts/fmnist/standard-s0.safetensors \\
+      --dataset fashion_mnist --detector runs/det/detector.json --n 200 --attacks pgd,fgsm \\
+      --out runs/det-eval
+"""
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..analysis import DEFAULT_ATTACKS
     from ..detection import HE_GAMMAS, TEMPERATURES
 
-    p = sub.add_parser("detect", help="energy-based detector of adversarial inputs",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "detect", help="energy-based detector of adversarial inputs",
+        description="Flag adversarial inputs by their energy: 'calibrate' fits the detector on "
+                    "held-out points, 'evaluate' tests it against attacks, adaptive attackers "
+                    "and HE-PGD.",
+        epilog=_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     dsub = p.add_subparsers(dest="detect_command", metavar="ACTION", parser_class=type(p))
     dsub.required = True
 
-    c = dsub.add_parser("calibrate", help="fit temperature and threshold on held-out data")
+    c = dsub.add_parser(
+        "calibrate", help="fit temperature and threshold on held-out data",
+        description="Fit the detector's temperature T and threshold tau on held-out points "
+                    "attacked with PGD; writes detector.json.", epilog=_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(c)
     add_common_args(c)
     c.add_argument("--cal-split", choices=("val", "train", "test"), default="val",
@@ -61,7 +77,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--batch-size", type=positive_int, default=500)
     c.set_defaults(func=run_calibrate)
 
-    e = dsub.add_parser("evaluate", help="detector against attacks, adaptive attacks, HE-PGD")
+    e = dsub.add_parser(
+        "evaluate", help="detector against attacks, adaptive attacks, HE-PGD",
+        description="Test a calibrated detector on points it never saw: AUROC and TPR/FPR at "
+                    "tau per attack, two adaptive attackers and HE-PGD over gamma.",
+        epilog=_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(e)
     add_common_args(e)
     e.add_argument("--detector", required=True, help="detector.json from 'detect calibrate'")

@@ -34,8 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "energy", help="energy of clean vs adversarial inputs, per attack",
-        description="E(x), E(x,y), E(x,y_pred) of clean and attacked inputs per attack, gaps "
-        "dE = E(x) - E(x*), histograms and a PGD sweep over steps and eps.",
+        description="See how each attack moves a classifier's energy: E(x), E(x,y), "
+        "E(x,y_pred) of clean and attacked inputs per attack, gaps dE = E(x) - E(x*), "
+        "histograms and a PGD sweep over steps and eps (lower energy = more likely).",
+        epilog="example:\n  robust-ebm energy --checkpoint artifacts/fmnist/standard-s0.safetensors "
+               "--dataset fashion_mnist \\\n      --n 200 --eps 0.1 --attacks pgd,noise "
+               "--no-sweep --out runs/energy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(p)
     add_common_args(p)

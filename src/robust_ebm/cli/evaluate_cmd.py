@@ -21,8 +21,13 @@ from .common import (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="clean accuracy and energy statistics",
-                       description="Clean accuracy and E(x), E(x,y) statistics of a checkpoint.")
+    p = sub.add_parser(
+        "evaluate", help="clean accuracy and energy statistics of a checkpoint",
+        description="Measure a checkpoint's clean accuracy and the statistics of its energies "
+                    "E(x) and E(x,y) on a dataset split.",
+        epilog="example:\n  robust-ebm evaluate --checkpoint artifacts/fmnist/pgd_at-s0.safetensors "
+               "--dataset fashion_mnist --n 1000",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     add_common_args(p)
     p.add_argument("--split", choices=("train", "test"), default="test")

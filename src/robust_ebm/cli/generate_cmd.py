@@ -45,8 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "generate", help="sample images from a classifier with SGLD",
-        description="Class-conditional SGLD samples, grids, energy trajectories and "
-                    "FID/KID/IS of a checkpoint.")
+        description="Generate images of chosen classes from a classifier read as an energy "
+                    "model (SGLD); writes grids, energy trajectories and FID/KID/IS.",
+        epilog="example (robust model, metrics on the committed feature network):\n"
+               "  robust-ebm generate --checkpoint artifacts/fmnist/weat_adv-s0.safetensors "
+               "--dataset fashion_mnist \\\n      --features "
+               "artifacts/fmnist/features-small_cnn-h256.safetensors --n-per-class 10 "
+               "--out runs/gen",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     add_common_args(p)
     p.add_argument("--init", choices=INITS, default="pca",

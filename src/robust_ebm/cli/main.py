@@ -39,7 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
         train_cmd,
     )
 
-    parser = _Parser(prog="robust-ebm", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="robust-ebm",
+        description="Read any image classifier as an energy-based model (lower energy = more "
+                    "likely): attack it, train it robustly, detect attacks by their energy and "
+                    "generate images from it.",
+        epilog="example:\n"
+               "  robust-ebm demo --out runs/demo   # everything on Fashion-MNIST, minutes; "
+               "open runs/demo/report.html\n"
+               "  robust-ebm COMMAND --help         # what a command does, with an example",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"robust-ebm {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an internal error")
