@@ -30,7 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Show what the toolkit does, on real Fashion-MNIST and the committed "
                     "models, in one report (OUT/report.html).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--out", default="runs/demo",
+                   help="output folder (default: runs/demo); an earlier demo there is resumed, "
+                        "its finished stages reused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="use --out even when it holds files of something other than a demo")
     p.add_argument("--quick", action="store_true",
                    help="every stage on tiny sizes (under 2 minutes; numbers are not meaningful)")
     p.add_argument("--retrain", action="store_true",
@@ -61,10 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..demo import FULL, QUICK, DemoConfig, find_root, run_demo
     from ..demo.retrain import retrain
-    from .common import output_dir
+    from ..outputs import prepare_out
 
     root = find_root(Path(args.root) if args.root else None)
-    out = output_dir(args, "demo")
+    # a folder holding an earlier demo (its stage cache) is resumed, anything else is refused
+    out = prepare_out(args.out, overwrite=args.overwrite,
+                      resume=(Path(args.out) / "stages").is_dir())
     cfg = DemoConfig(root=root, sizes=QUICK if args.quick else FULL, seed=args.seed,
                      data_dir=args.data_dir, threads=args.threads)
 
