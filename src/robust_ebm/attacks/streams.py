@@ -2,9 +2,10 @@
 
 Every attack's random draws (random starts, random targets) come from one stream per sample.
 A sample's stream depends only on (seed, its label, its pixel values) and on how many numbers
-it has drawn so far, never on the batch around it: a sample draws the same numbers alone or
-inside any batch, at any position, on any rank of a sharded run, so a batch of N gives what N
-batches of 1 give. The global RNG is never touched.
+it has drawn so far, never on the batch around it (SGLD chains and their starting points are
+keyed by (seed, the chain's global index) instead: :meth:`SampleStreams.for_ids`): a sample
+draws the same numbers alone or inside any batch, at any position, on any rank of a sharded
+run, so a batch of N gives what N batches of 1 give. The global RNG is never touched.
 
 How (counter-based, in the spirit of Salmon et al. 2011, "Parallel random numbers: as easy as
 1, 2, 3"): a 32-bit key per sample is a position-weighted sum of the float32 bit patterns of its
@@ -124,6 +125,22 @@ def image_keys(x: Tensor, y: Tensor, seed: int | None) -> tuple[Tensor, Tensor]:
     return key, _mix(key ^ _i32(_GOLDEN))
 
 
+def integer_keys(ids: Tensor, seed: int | None) -> tuple[Tensor, Tensor]:
+    """Two (N,) int32 keys per sample from (seed, ids_i), on ids' device.
+
+    For samples named by an integer (SGLD chains, by their global chain index) rather than by
+    their pixels. For a fixed seed the first key is a bijection of the id (three
+    lowbias32 rounds and xors, each invertible) for ids in [0, 2^32), so such ids never share
+    a stream.
+    """
+    ids = ids.detach().to(torch.int64)
+    lo, hi = _seed_words(seed)
+    key = _mix(_wrap32(ids) + lo)
+    key = _mix(key ^ _wrap32((ids >> 32) * _GOLDEN))
+    key = _mix(key + hi)
+    return key, _mix(key ^ _i32(_GOLDEN))
+
+
 @dataclass
 class SampleStreams:
     """One counter-based random stream per sample of a batch (see the module docstring).
@@ -141,6 +158,13 @@ class SampleStreams:
     def for_batch(cls, x: Tensor, y: Tensor, seed: int | None) -> SampleStreams:
         """Streams keyed by (seed, y_i, x_i); ``seed=None`` takes fresh OS entropy."""
         key, key2 = image_keys(x, y, seed)
+        return cls(key, key2, torch.zeros_like(key, dtype=torch.int64))
+
+    @classmethod
+    def for_ids(cls, ids: Tensor, seed: int | None) -> SampleStreams:
+        """Streams keyed by (seed, ids_i), ``ids`` (N,) integers (e.g. global chain indices),
+        on ids' device; ``seed=None`` takes fresh OS entropy."""
+        key, key2 = integer_keys(ids, seed)
         return cls(key, key2, torch.zeros_like(key, dtype=torch.int64))
 
     def __len__(self) -> int:
@@ -219,4 +243,4 @@ class SampleStreams:
         return out if scale is None else out * scale
 
 
-__all__ = ["SampleStreams", "image_keys"]
+__all__ = ["SampleStreams", "image_keys", "integer_keys"]
