@@ -1,7 +1,9 @@
 """SGLD speed and peak memory: robust_ebm.sampling.SGLD against a plain reference loop.
 
 The reference is the straightforward way to write the sampler: parameters left requiring grad,
-``loss.backward()`` filling both ``x.grad`` and every weight's ``.grad``, new tensors each step.
+``loss.backward()`` filling both ``x.grad`` and every weight's ``.grad``, new tensors each step,
+noise from one ``torch.Generator`` per batch. Ours is called with ``seed=0``: per-chain noise
+streams (robust_ebm.attacks.streams).
 Each variant runs in its own subprocess so that peak memory (ru_maxrss on the CPU,
 torch.cuda.max_memory_allocated on a GPU) is its own.
 
@@ -55,10 +57,11 @@ def child(args: argparse.Namespace) -> dict:
     sgld = SGLD(step_size=args.step_size, momentum=0.8, noise_std=0.001, steps=args.steps)
 
     def run_once(steps: int) -> None:
-        gen = torch.Generator(device=device).manual_seed(0)
         if args.variant == "ours":
-            SGLD(sgld.step_size, sgld.momentum, sgld.noise_std, steps)(model, x0, y, generator=gen)
+            # seeded: each chain's noise from its own on-device stream (attacks/streams.py)
+            SGLD(sgld.step_size, sgld.momentum, sgld.noise_std, steps)(model, x0, y, seed=0)
         else:
+            gen = torch.Generator(device=device).manual_seed(0)
             reference_sgld(model, x0, y, sgld.step_size, sgld.momentum, sgld.noise_std, steps, gen)
 
     with torch.no_grad():  # one forward to load kernels and allocator before the baseline

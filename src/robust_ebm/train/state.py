@@ -22,8 +22,9 @@ from ..errors import UserError
 from ..io import atomic_write_bytes
 
 STATE_FILE = "state.pt"
-# Keys that may differ between the interrupted run and its resumption.
-RESUME_IGNORED = ("resume", "json", "out", "device", "tensorboard")
+# Keys that may differ between the interrupted run and its resumption (they do not change the
+# numbers of a run).
+RESUME_IGNORED = ("resume", "json", "out", "device", "tensorboard", "host_resident")
 
 
 @dataclass
