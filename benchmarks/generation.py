@@ -9,6 +9,7 @@ torch.cuda.max_memory_allocated on a GPU) is its own.
 
     python benchmarks/generation.py                      # 100 x 1x28x28, small_cnn, CPU
     python benchmarks/generation.py --device cuda --batch 500 --steps 50
+    python benchmarks/generation.py --noise-only --repeats 21   # the noise alone
 """
 
 from __future__ import annotations
@@ -71,16 +72,17 @@ def child(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
     rss0 = _rss_mib()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     run_once(2)  # warm-up
     times = []
     for _ in range(args.repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t = clock()
         run_once(args.steps)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     best = min(times)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20 - base
@@ -97,6 +99,45 @@ def child(args: argparse.Namespace) -> dict:
     }
 
 
+def noise_only(args: argparse.Namespace) -> int:
+    """Time one SGLD step's noise, interleaved in one process: one ``normal_`` from a
+    ``torch.Generator`` over the batch (the sampler before per-chain streams) against the
+    per-chain streams (``SampleStreams.for_ids(...).normal``, what ``seed=`` uses now)."""
+    from robust_ebm.attacks.streams import SampleStreams
+
+    device = torch.device(args.device)
+    shape = (args.batch, args.channels, args.size, args.size)
+    x = torch.zeros(shape, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    rows = torch.arange(args.batch, device=device)
+    streams = SampleStreams.for_ids(rows, 0)
+    noise = torch.empty_like(x)
+    draws = {
+        "generator": lambda: x.add_(noise.normal_(0.0, 0.001, generator=gen)),
+        "streams": lambda: x.add_(streams.normal(rows, shape[1:], x.dtype).mul_(0.001)),
+    }
+    # CPU: process CPU time (user + system), not wall time: other jobs on a shared machine
+    # preempt us, and page faults of fresh buffers are part of the cost
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    best = dict.fromkeys(draws, float("inf"))
+    for _ in range(args.repeats):
+        for name, draw in draws.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = clock()
+            for _ in range(args.steps):
+                draw()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], (clock() - t) / args.steps)
+    print(f"noise of one SGLD step, batch {'x'.join(map(str, shape))}, device {args.device}, "
+          f"threads {torch.get_num_threads()}, best of {args.repeats} x {args.steps} draws, "
+          f"{'process CPU' if device.type == 'cpu' else 'wall'} time")
+    for name, sec in best.items():
+        print(f"{name:<10} {sec * 1e3:8.3f} ms")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,10 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: process CPU time, robust to other jobs on a shared CPU")
+    p.add_argument("--noise-only", action="store_true",
+                   help="time only the noise of one step: generator vs per-chain streams")
     p.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.noise_only:
+        return noise_only(args)
     if args.variant:  # child process
         print(json.dumps(child(args)))
         return 0
@@ -135,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = f"{args.batch}x{args.channels}x{args.size}x{args.size}"
     print(
         f"SGLD on {args.model}, batch {shape}, {args.steps} steps, device {args.device}, "
-        f"threads {torch.get_num_threads()}, torch {torch.__version__}"
+        f"threads {torch.get_num_threads()}, torch {torch.__version__}, {args.clock} clock"
     )
     print(f"{'variant':<10} {'steps/s':>10} {'peak MiB':>10}   memory measured as")
     for r in (ref, ours):

@@ -26,6 +26,7 @@ differ in the last bit of a float64, which changes the float32 result with proba
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -94,6 +95,13 @@ def _counter_table(count: int, device: torch.device) -> Tensor:
     """(count,) int32 holding j * GOLDEN mod 2^32 for j = 0..count-1."""
     j = torch.arange(count, device=device, dtype=torch.int64)
     return _wrap32(j * _GOLDEN)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_counter_table(count: int, device: torch.device) -> Tensor:
+    """:func:`_counter_table`, built once per (count, device) (every SGLD step and restart of a
+    run draws blocks of the same size); read-only: callers must not modify it."""
+    return _counter_table(count, device)
 
 
 def _wrap32(v: Tensor) -> Tensor:
@@ -179,7 +187,7 @@ class SampleStreams:
         rows = rows.to(self.key.device)
         block = _mix(self.key[rows] ^ _mix(_wrap32(self.drawn[rows])), self.key2[rows])
         self.drawn[rows] += count
-        z = torch.bitwise_xor(_counter_table(count, self.key.device), block.unsqueeze(1))
+        z = torch.bitwise_xor(_shared_counter_table(count, self.key.device), block.unsqueeze(1))
         return _mix_draws_(z)
 
     def _unit_floats(self, rows: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -214,10 +222,14 @@ class SampleStreams:
         count = math.prod(shape)
         half = (count + 1) // 2
         wide = torch.float64 if self.key.device.type != "mps" else torch.float32
+        # in place where it can be (fresh batch-sized buffers cost page faults on CPU)
         u = self.uniform(rows, (2 * half,), wide)
-        radius = (-2.0 * torch.log1p(-u[:, :half])).sqrt()
-        angle = (2.0 * math.pi) * u[:, half:]
-        z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+        # log(1 - u), not log1p(-u): 1 - u is exact (u has 23 bits) and torch vectorises log
+        radius = u[:, :half].neg_().add_(1.0).log_().mul_(-2.0).sqrt_()
+        angle = u[:, half:].mul_(2.0 * math.pi)
+        z = torch.empty_like(u)
+        torch.mul(torch.cos(angle, out=z[:, :half]), radius, out=z[:, :half])
+        torch.mul(torch.sin(angle, out=z[:, half:]), radius, out=z[:, half:])
         return z[:, :count].to(dtype).reshape(len(rows), *shape)
 
     def integers(self, rows: Tensor, low: int, high: int) -> Tensor:
