@@ -10,6 +10,7 @@ torch.cuda.max_memory_allocated on a GPU) is its own.
     python benchmarks/generation.py                      # 100 x 1x28x28, small_cnn, CPU
     python benchmarks/generation.py --device cuda --batch 500 --steps 50
     python benchmarks/generation.py --noise-only --repeats 21   # the noise alone
+    python benchmarks/generation.py --noise-ab --repeats 9      # streams vs generator, whole steps
 """
 
 from __future__ import annotations
@@ -138,6 +139,45 @@ def noise_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def noise_ab(args: argparse.Namespace) -> int:
+    """Whole SGLD steps in one process, alternating rounds: noise from per-chain streams
+    (``seed=0``) against one ``torch.Generator`` per batch (``generator=``, the sampler's
+    path before per-chain streams); best of ``--repeats`` rounds each."""
+    from robust_ebm.models import create_model
+    from robust_ebm.sampling import SGLD
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = create_model(args.model, 10, args.channels).to(device)
+    x0 = torch.rand(args.batch, args.channels, args.size, args.size, device=device)
+    y = torch.arange(args.batch, device=device) % 10
+    sgld = SGLD(step_size=args.step_size, momentum=0.8, noise_std=0.001, steps=args.steps)
+    runs = {
+        "generator": lambda: sgld(model, x0, y, generator=torch.Generator(device).manual_seed(0)),
+        "streams": lambda: sgld(model, x0, y, seed=0),
+    }
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    best = dict.fromkeys(runs, float("inf"))
+    for run in runs.values():
+        run()  # warm-up
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = clock()
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], clock() - t)
+    shape = f"{args.batch}x{args.channels}x{args.size}x{args.size}"
+    print(f"SGLD on {args.model}, batch {shape}, {args.steps} steps, device {args.device}, "
+          f"threads {torch.get_num_threads()}, best of {args.repeats} alternating rounds")
+    for name, sec in best.items():
+        print(f"{name:<10} {args.steps / sec:8.2f} steps/s")
+    print(f"streams / generator speed: x{best['generator'] / best['streams']:.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,12 +196,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="cpu: process CPU time, robust to other jobs on a shared CPU")
     p.add_argument("--noise-only", action="store_true",
                    help="time only the noise of one step: generator vs per-chain streams")
+    p.add_argument("--noise-ab", action="store_true",
+                   help="whole SGLD steps, one process: per-chain streams vs a generator")
     p.add_argument("--variant", choices=["ours", "reference"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.noise_only:
         return noise_only(args)
+    if args.noise_ab:
+        return noise_ab(args)
     if args.variant:  # child process
         print(json.dumps(child(args)))
         return 0
