@@ -149,10 +149,11 @@ class SGLD:
 
         * ``seed`` (and no ``generator``): each chain's own counter-based stream on x0's device,
           keyed by (seed, ``chain_ids[i]``) (:meth:`robust_ebm.attacks.streams.SampleStreams.
-          for_ids`; ``chain_ids`` (N,) integers, default 0..N-1). A chain draws the same noise
-          alone or in any batch, at any position, on any rank; no host copy, no loop over
-          chains. Its samples are then the same too wherever the model's per-chain gradient is
-          (bit-identical on CPU for the models we test; see docs/attacks.md).
+          for_ids`; ``chain_ids`` (N,) integers, default 0..N-1, used with ``seed`` only). A
+          chain draws the same noise alone or in any batch, at any position, on any rank; no
+          host copy, no loop over chains. Its samples are bit-identical too where the model
+          computes the chain's gradient the same way (always for the same batch; a convolution
+          at another batch size may round differently: docs/attacks.md).
         * ``generator``: one ``normal_`` over the whole batch from it (the noise of a chain then
           depends on the batch around it).
         * neither: torch's global RNG, likewise per batch.
