@@ -197,3 +197,48 @@ def test_bad_settings_raise(kwargs) -> None:
 def test_joint_without_labels_raises(cnn: nn.Module) -> None:
     with pytest.raises(UserError):
         SGLD(step_size=0.1, steps=1)(cnn, torch.rand(2, 1, 28, 28))
+
+
+def test_seeded_noise_is_the_chains_own_alone_in_any_batch_and_position() -> None:
+    """With a seed, chain i's noise comes from its own stream keyed by (seed, chain_ids[i]):
+    on a model whose per-chain arithmetic is batch-invariant the samples are bit-identical
+    alone, in the batch, and permuted; another seed or chain id gives other samples."""
+    torch.manual_seed(0)
+    model = Quadratic(torch.rand(3, 16), sigma=0.5)
+    sgld = SGLD(step_size=0.05, momentum=0.8, noise_std=0.01, steps=5)
+    x0, y, ids = torch.rand(9, 16), torch.arange(9) % 3, torch.arange(9) * 7 + 2
+    batch = sgld(model, x0, y, seed=3, chain_ids=ids)
+    for i in range(9):
+        alone = sgld(model, x0[i : i + 1], y[i : i + 1], seed=3, chain_ids=ids[i : i + 1])
+        assert torch.equal(alone.x[0], batch.x[i])
+        assert torch.equal(alone.energy_trajectory[:, 0], batch.energy_trajectory[:, i])
+    perm = torch.tensor([4, 0, 8, 2, 6, 1, 3, 7, 5])
+    assert torch.equal(sgld(model, x0[perm], y[perm], seed=3, chain_ids=ids[perm]).x, batch.x[perm])
+    assert torch.equal(sgld(model, x0, y, seed=3).x, sgld(model, x0, y, seed=3, chain_ids=torch.arange(9)).x)
+    for other in (sgld(model, x0, y, seed=4, chain_ids=ids), sgld(model, x0, y, seed=3, chain_ids=ids + 1)):
+        assert ((other.x - batch.x).abs().amax(1) > 1e-3).all()
+
+
+def test_seeded_chain_on_a_cnn_matches_alone_up_to_rounding(cnn: nn.Module) -> None:
+    """The conv kernels may round differently at another batch size; the noise does not
+    differ, so a chain alone stays within float rounding of the batched one (a chain given
+    other noise moves by about noise_std)."""
+    x0, y = torch.rand(5, 1, 28, 28), torch.tensor([3, 1, 4, 1, 5])
+    sgld = SGLD(step_size=0.5, momentum=0.8, noise_std=0.01, steps=3)
+    batch = sgld(cnn, x0, y, seed=11)
+    for i in range(5):
+        alone = sgld(cnn, x0[i : i + 1], y[i : i + 1], seed=11, chain_ids=torch.tensor([i]))
+        torch.testing.assert_close(alone.x[0], batch.x[i], atol=1e-6, rtol=0)
+    moved = sgld(cnn, x0[:1], y[:1], seed=11, chain_ids=torch.tensor([1])).x[0]
+    assert float((moved - batch.x[0]).abs().max()) > 1e-2
+
+
+def test_generator_path_is_kept_and_bad_chain_ids_raise(cnn: nn.Module) -> None:
+    x0, y = torch.rand(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    sgld = SGLD(step_size=0.1, noise_std=0.01, steps=2)
+    a = sgld(cnn, x0, y, generator=torch.Generator().manual_seed(0))
+    b = sgld(cnn, x0, y, generator=torch.Generator().manual_seed(0), seed=5)  # generator wins
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, sgld(cnn, x0, y, seed=5).x)
+    for bad in (torch.arange(2), torch.zeros(3)):
+        with pytest.raises(UserError, match="chain_ids"):
+            sgld(cnn, x0, y, seed=0, chain_ids=bad)

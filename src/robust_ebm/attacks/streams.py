@@ -2,9 +2,10 @@
 
 Every attack's random draws (random starts, random targets) come from one stream per sample.
 A sample's stream depends only on (seed, its label, its pixel values) and on how many numbers
-it has drawn so far, never on the batch around it: a sample draws the same numbers alone or
-inside any batch, at any position, on any rank of a sharded run, so a batch of N gives what N
-batches of 1 give. The global RNG is never touched.
+it has drawn so far, never on the batch around it (SGLD chains and their starting points are
+keyed by (seed, the chain's global index) instead: :meth:`SampleStreams.for_ids`): a sample
+draws the same numbers alone or inside any batch, at any position, on any rank of a sharded
+run, so a batch of N gives what N batches of 1 give. The global RNG is never touched.
 
 How (counter-based, in the spirit of Salmon et al. 2011, "Parallel random numbers: as easy as
 1, 2, 3"): a 32-bit key per sample is a position-weighted sum of the float32 bit patterns of its
@@ -25,6 +26,7 @@ differ in the last bit of a float64, which changes the float32 result with proba
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -95,6 +97,13 @@ def _counter_table(count: int, device: torch.device) -> Tensor:
     return _wrap32(j * _GOLDEN)
 
 
+@functools.lru_cache(maxsize=16)
+def _shared_counter_table(count: int, device: torch.device) -> Tensor:
+    """:func:`_counter_table`, built once per (count, device) (every SGLD step and restart of a
+    run draws blocks of the same size); read-only: callers must not modify it."""
+    return _counter_table(count, device)
+
+
 def _wrap32(v: Tensor) -> Tensor:
     """int64 -> the int32 with the same low 32 bits (well defined, unlike a plain cast)."""
     v = v & _MASK32
@@ -124,6 +133,22 @@ def image_keys(x: Tensor, y: Tensor, seed: int | None) -> tuple[Tensor, Tensor]:
     return key, _mix(key ^ _i32(_GOLDEN))
 
 
+def integer_keys(ids: Tensor, seed: int | None) -> tuple[Tensor, Tensor]:
+    """Two (N,) int32 keys per sample from (seed, ids_i), on ids' device.
+
+    For samples named by an integer (SGLD chains, by their global chain index) rather than by
+    their pixels. For a fixed seed the first key is a bijection of the id (three
+    lowbias32 rounds and xors, each invertible) for ids in [0, 2^32), so such ids never share
+    a stream.
+    """
+    ids = ids.detach().to(torch.int64)
+    lo, hi = _seed_words(seed)
+    key = _mix(_wrap32(ids) + lo)
+    key = _mix(key ^ _wrap32((ids >> 32) * _GOLDEN))
+    key = _mix(key + hi)
+    return key, _mix(key ^ _i32(_GOLDEN))
+
+
 @dataclass
 class SampleStreams:
     """One counter-based random stream per sample of a batch (see the module docstring).
@@ -143,6 +168,13 @@ class SampleStreams:
         key, key2 = image_keys(x, y, seed)
         return cls(key, key2, torch.zeros_like(key, dtype=torch.int64))
 
+    @classmethod
+    def for_ids(cls, ids: Tensor, seed: int | None) -> SampleStreams:
+        """Streams keyed by (seed, ids_i), ``ids`` (N,) integers (e.g. global chain indices),
+        on ids' device; ``seed=None`` takes fresh OS entropy."""
+        key, key2 = integer_keys(ids, seed)
+        return cls(key, key2, torch.zeros_like(key, dtype=torch.int64))
+
     def __len__(self) -> int:
         return self.key.shape[0]
 
@@ -155,7 +187,7 @@ class SampleStreams:
         rows = rows.to(self.key.device)
         block = _mix(self.key[rows] ^ _mix(_wrap32(self.drawn[rows])), self.key2[rows])
         self.drawn[rows] += count
-        z = torch.bitwise_xor(_counter_table(count, self.key.device), block.unsqueeze(1))
+        z = torch.bitwise_xor(_shared_counter_table(count, self.key.device), block.unsqueeze(1))
         return _mix_draws_(z)
 
     def _unit_floats(self, rows: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -190,10 +222,14 @@ class SampleStreams:
         count = math.prod(shape)
         half = (count + 1) // 2
         wide = torch.float64 if self.key.device.type != "mps" else torch.float32
+        # in place where it can be (fresh batch-sized buffers cost page faults on CPU)
         u = self.uniform(rows, (2 * half,), wide)
-        radius = (-2.0 * torch.log1p(-u[:, :half])).sqrt()
-        angle = (2.0 * math.pi) * u[:, half:]
-        z = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+        # log(1 - u), not log1p(-u): 1 - u is exact (u has 23 bits) and torch vectorises log
+        radius = u[:, :half].neg_().add_(1.0).log_().mul_(-2.0).sqrt_()
+        angle = u[:, half:].mul_(2.0 * math.pi)
+        z = torch.empty_like(u)
+        torch.mul(torch.cos(angle, out=z[:, :half]), radius, out=z[:, :half])
+        torch.mul(torch.sin(angle, out=z[:, half:]), radius, out=z[:, half:])
         return z[:, :count].to(dtype).reshape(len(rows), *shape)
 
     def integers(self, rows: Tensor, low: int, high: int) -> Tensor:
@@ -219,4 +255,4 @@ class SampleStreams:
         return out if scale is None else out * scale
 
 
-__all__ = ["SampleStreams", "image_keys"]
+__all__ = ["SampleStreams", "image_keys", "integer_keys"]

@@ -40,7 +40,7 @@ _FLAGS = {
     "eval_n": ("train", "eval_n"), "energy_n": ("train", "energy_n"),
     "save_every": ("train", "save_every"), "deterministic": ("train", "deterministic"),
     "precision": ("train", "precision"), "channels_last": ("train", "channels_last"),
-    "compile": ("train", "compile"),
+    "compile": ("train", "compile"), "host_resident": ("train", "host_resident"),
     "tensorboard": ("train", "tensorboard"),
 }
 
@@ -96,6 +96,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="NHWC memory order for weights and batches (faster convolutions on GPUs)")
     p.add_argument("--compile", action="store_const", const=True, default=None,
                    help="torch.compile the model for the training steps (fp32 or bf16)")
+    p.add_argument("--host-resident", action="store_const", const=True, default=None,
+                   help="keep the training data in (pinned) host memory and copy each batch "
+                        "to the device: for data larger than the GPU's memory; same results")
     p.add_argument("--tensorboard", action="store_const", const=True, default=None,
                    help="also write per-epoch scalars to OUT/tensorboard (needs tensorboard)")
 

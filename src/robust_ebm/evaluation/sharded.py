@@ -103,9 +103,10 @@ def sharded_generation(model: nn.Module, init: Any, sampler: Any, classes: Seque
                        keep_x0: bool = True) -> Any:
     """:func:`robust_ebm.sampling.generate` with its chains sharded over the ranks.
 
-    Chains are cut at batch boundaries; each batch seeds its own generators from (seed, batch
-    index) (:func:`robust_ebm.sampling.generate.sample_classes`), so a rank draws what one
-    process draws for the same batches.
+    Chains are cut at batch boundaries. Each chain draws its x0 and noise from its own streams
+    keyed by (seed, class, index within the class)
+    (:func:`robust_ebm.sampling.generate.sample_classes`), and each rank computes the very
+    batches one process computes, so the merged samples are bit-identical to one process.
     """
     from ..sampling.generate import Generation, sample_classes
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..attacks.streams import SampleStreams
 from ..data.loader import derive_seed
 from ..errors import UserError
 from ..io import atomic_write
@@ -52,6 +53,21 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def chain_ids(classes: Sequence[int], n_per_class: int) -> Tensor:
+    """(len(classes) * n_per_class,) int64 chain ids in class order: class c in the high 32
+    bits, the chain's index j within its class in the low ones (a class listed twice goes on
+    counting), so chain (c, j) has the same id in any request."""
+    firsts: list[int] = []
+    seen: dict[int, int] = {}
+    for c in classes:
+        firsts.append(seen.get(int(c), 0))
+        seen[int(c)] = firsts[-1] + n_per_class
+    within = torch.tensor(firsts).repeat_interleave(n_per_class)
+    within += torch.arange(n_per_class).repeat(len(classes))
+    y = torch.tensor([int(c) for c in classes], dtype=torch.long).repeat_interleave(n_per_class)
+    return (y << 32) | within
+
+
 def sample_classes(
     model: nn.Module,
     sampler: SGLD,
@@ -65,14 +81,20 @@ def sample_classes(
 ) -> Generation:
     """Draw ``n_per_class`` samples of each class in ``classes`` with ``sampler`` from ``init``.
 
-    Chains run in batches of ``batch_size`` on the model's device. With a seed, batch b draws
-    its starting points from a CPU generator and its sampler noise from a generator on the
-    model's device, both seeded from (seed, b), so a run is repeatable on one device and any
-    range of whole batches can run apart (``chains``, for sharding over processes).
+    Chains run in batches of ``batch_size`` on the model's device. With a seed, every chain
+    has its own random streams (:mod:`robust_ebm.attacks.streams`), keyed by (seed, its class,
+    its index j < n_per_class within the class): one on the CPU for its starting point, one on
+    the model's device for the sampler noise. Sample j of class c thus starts from the same x0
+    and draws the same noise whatever the batch size, the other classes asked for, its
+    position, or the rank it runs on (its samples too, where the model's per-chain arithmetic
+    does not depend on the batch: docs/attacks.md). Without a seed both come from torch's
+    global RNG, per batch.
 
     Args:
         chains: Only chains ``[start, stop)`` of the M = len(classes) * n_per_class (in class
-            order); ``start`` must be a multiple of ``batch_size``. None: all.
+            order), for sharding over processes; ``start`` must be a multiple of
+            ``batch_size``, so that every batch is one a whole run computes and the samples
+            are bit-identical to it on any device. None: all.
     """
     if n_per_class < 1 or batch_size < 1:
         raise UserError(f"n_per_class and batch_size must be >= 1; got {n_per_class}, {batch_size}")
@@ -84,16 +106,15 @@ def sample_classes(
     if first % batch_size or not 0 <= first < stop <= len(y_all):
         raise UserError(f"chains must be [start, stop) inside [0, {len(y_all)}] with start a "
                         f"multiple of batch_size {batch_size}; got {chains}")
-    init_gen = noise_gen = None
+    ids_all = chain_ids(classes, n_per_class)
+    noise_seed = None if seed is None else derive_seed(seed, 1)
     xs, trajs, x0s = [], [], []
     for start in range(first, stop, batch_size):
-        y = y_all[start : min(start + batch_size, stop)]
-        if seed is not None:
-            b = start // batch_size
-            init_gen = torch.Generator().manual_seed(derive_seed(seed, b, 0))
-            noise_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, b, 1))
-        x0 = init.sample(y, init_gen)
-        res = sampler(model, x0.to(device), y.to(device), generator=noise_gen)
+        part = slice(start, min(start + batch_size, stop))
+        y, ids = y_all[part], ids_all[part]
+        streams = None if seed is None else SampleStreams.for_ids(ids, derive_seed(seed, 0))
+        x0 = init.sample(y, streams)
+        res = sampler(model, x0.to(device), y.to(device), seed=noise_seed, chain_ids=ids.to(device))
         xs.append(res.x.cpu())
         trajs.append(res.energy_trajectory.cpu())
         if keep_x0:
@@ -105,7 +126,8 @@ def sample_classes(
         "n_per_class": n_per_class,
         "batch_size": batch_size,
         "seed": seed,
-        "seeding": "per batch b: derive_seed(seed, b, 0) init, derive_seed(seed, b, 1) noise",
+        "seeding": "per chain (class c, index j): streams keyed by (derive_seed(seed, 0), c, j) "
+                   "for x0 and (derive_seed(seed, 1), c, j) for the noise",
         "device": str(device),
     }
     return Generation(

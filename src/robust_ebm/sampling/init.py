@@ -2,7 +2,10 @@
 
 Every initialiser has ``sample(y, generator) -> x0``: ``y`` (N,) class indices, ``x0``
 (N, C, H, W) float32 images in [0, 1] on the CPU (the caller moves them; sampling on the CPU keeps
-a seed's result independent of the device).
+a seed's result independent of the device). ``generator`` is a ``torch.Generator`` (draws
+depend on the whole batch), or CPU :class:`~robust_ebm.attacks.streams.SampleStreams`, one
+stream per row of ``y`` (row i draws only from stream i: its x0 is the same in any batch;
+:func:`robust_ebm.sampling.generate.sample_classes` keys them by chain), or None (global RNG).
 
 * :class:`UniformInit`: U[0,1] pixels (JEM-style; gives adversarial-pattern garbage).
 * :class:`ClassGaussianInit`: N(mu_y, Sigma_y) fitted per class; full covariance when D is small
@@ -28,6 +31,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import torch
 from torch import Tensor
 
+from ..attacks.streams import SampleStreams
 from ..errors import CorruptDataError, UserError
 from ..io import atomic_write
 from ..registry import Registry
@@ -57,8 +61,12 @@ CacheStatus = Literal["reused", "fitted", "refitted"]
 INITS: Registry[type] = Registry("initialisation")
 
 
+# where an initialiser's random numbers come from (see the module docstring)
+RandomSource = torch.Generator | SampleStreams | None
+
+
 class Init(Protocol):
-    def sample(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
+    def sample(self, y: Tensor, generator: RandomSource = None) -> Tensor: ...
 
 
 def as_unit_float(images: Tensor) -> Tensor:
@@ -96,8 +104,12 @@ def data_fingerprint(images: Tensor, labels: Tensor) -> dict[str, Any]:
     }
 
 
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
-    return torch.randn(shape, generator=generator, dtype=torch.float32)
+def _randn(rows: Tensor, size: int, source: RandomSource) -> Tensor:
+    """(len(rows), size) float32 standard normals for the batch rows ``rows``: from each row's
+    own stream, or from a generator (or the global RNG) over the whole block."""
+    if isinstance(source, SampleStreams):
+        return source.normal(rows, (size,), torch.float32).cpu()
+    return torch.randn((len(rows), size), generator=source, dtype=torch.float32)
 
 
 def _by_class(y: Tensor) -> list[tuple[int, Tensor]]:
@@ -114,7 +126,10 @@ class UniformInit:
     shape: tuple[int, int, int]
     name: ClassVar[str] = "uniform"
 
-    def sample(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, y: Tensor, generator: RandomSource = None) -> Tensor:
+        if isinstance(generator, SampleStreams):
+            rows = torch.arange(y.shape[0])
+            return generator.uniform(rows, self.shape, torch.float32).cpu()
         return torch.rand((y.shape[0], *self.shape), generator=generator)
 
     def config(self) -> dict[str, Any]:
@@ -144,7 +159,7 @@ class NoiseInjectionInit:
         self.images = {c: images.detach().cpu()[idx] for c, idx in _by_class(labels)}
         return self
 
-    def sample(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, y: Tensor, generator: RandomSource = None) -> Tensor:
         if not self.images:
             raise UserError("NoiseInjectionInit: call fit(images, labels) before sample()")
         shape = next(iter(self.images.values())).shape[1:]
@@ -153,9 +168,13 @@ class NoiseInjectionInit:
             if c not in self.images:
                 raise UserError(f"class {c} was not in the data given to fit()")
             pool = self.images[c]
-            pick = torch.randint(len(pool), (len(pos),), generator=generator)
+            if isinstance(generator, SampleStreams):
+                pick = generator.integers(pos, 0, len(pool)).cpu()
+            else:
+                pick = torch.randint(len(pool), (len(pos),), generator=generator)
             out[pos] = as_unit_float(pool[pick])
-        out.add_(_randn(tuple(out.shape), generator), alpha=self.noise_std)
+        noise = _randn(torch.arange(len(out)), out[0].numel(), generator).view(out.shape)
+        out.add_(noise, alpha=self.noise_std)
         return out.clamp_(0.0, 1.0)
 
     def config(self) -> dict[str, Any]:
@@ -224,7 +243,7 @@ class ClassStatistics:
         """centered (n, D) -> (eigenvalues (k,), components (k, D), residual variance (D,))."""
         raise NotImplementedError
 
-    def sample(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, y: Tensor, generator: RandomSource = None) -> Tensor:
         raise NotImplementedError
 
     # -- fitting --------------------------------------------------------------------------------
@@ -417,17 +436,17 @@ class ClassGaussianInit(ClassStatistics):
         resid = (pixel_var - (comps.square() * lam[:, None]).sum(0)).clamp(min=0)
         return lam, comps, resid
 
-    def sample(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, y: Tensor, generator: RandomSource = None) -> Tensor:
         self._check_fitted(y)
         assert self.shape is not None
         out = torch.empty((y.shape[0], math.prod(self.shape)))
         for c, pos in _by_class(y):
             lam, comps = self.eigenvalues[c], self.components[c]
-            z = _randn((len(pos), len(lam)), generator)
-            x = self.mean[c] + (z * lam.sqrt()) @ comps
+            z = _randn(pos, len(lam), generator).double()
+            x = self.mean[c] + (z * lam.double().sqrt()) @ comps.double()
             if bool((self.residual_var[c] > 0).any()):
-                x += _randn((len(pos), x.shape[1]), generator) * self.residual_var[c].sqrt()
-            out[pos] = x
+                x += _randn(pos, x.shape[1], generator) * self.residual_var[c].sqrt()
+            out[pos] = x.float()
         out = out.view(-1, *self.shape)
         return out.clamp_(0.0, 1.0) if self.clip else out
 
@@ -506,14 +525,15 @@ class ClassPCAInit(ClassStatistics):
         """s_i = sqrt((n-1) lambda_i) of class ``c``, shape (k,)."""
         return (self.eigenvalues[c] * (self.counts[c] - 1)).sqrt()
 
-    def sample(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, y: Tensor, generator: RandomSource = None) -> Tensor:
         self._check_fitted(y)
         assert self.shape is not None
         out = torch.empty((y.shape[0], math.prod(self.shape)))
         for c, pos in _by_class(y):
             s = self.singular_values(c)
-            z = _randn((len(pos), len(s)), generator)
-            out[pos] = self.mean[c] + (z * (s * self.sigma)) @ self.components[c]
+            z = _randn(pos, len(s), generator).double()
+            x = self.mean[c] + (z * (s.double() * self.sigma)) @ self.components[c].double()
+            out[pos] = x.float()
         return out.view(-1, *self.shape).clamp_(0.0, 1.0)
 
 

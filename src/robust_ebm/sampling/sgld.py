@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..attacks.streams import SampleStreams
 from ..energy import cross_entropy_from_energies, free_energy, joint_energy
 from ..errors import UserError
 from ..models.modes import frozen_eval
@@ -145,12 +146,24 @@ class SGLD:
         *,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        chain_ids: Tensor | None = None,
     ) -> SampleResult:
         """Run ``steps`` updates from ``x0`` (N, ...) towards low energy of classes ``y`` (N,).
 
-        The noise comes from ``generator`` if given, else from a local generator seeded with
-        ``seed``, else from torch's global RNG. ``x0`` is not modified. Works when the caller is
-        under ``torch.no_grad()``.
+        Where the noise comes from:
+
+        * ``seed`` (and no ``generator``): each chain's own counter-based stream on x0's device,
+          keyed by (seed, ``chain_ids[i]``) (:meth:`robust_ebm.attacks.streams.SampleStreams.
+          for_ids`; ``chain_ids`` (N,) integers, default 0..N-1, used with ``seed`` only). A
+          chain draws the same noise alone or in any batch, at any position, on any rank; no
+          host copy, no loop over chains. Its samples are bit-identical too where the model
+          computes the chain's gradient the same way (always for the same batch; a convolution
+          at another batch size may round differently: docs/attacks.md).
+        * ``generator``: one ``normal_`` over the whole batch from it (the noise of a chain then
+          depends on the batch around it).
+        * neither: torch's global RNG, likewise per batch.
+
+        ``x0`` is not modified. Works when the caller is under ``torch.no_grad()``.
         """
         energy_fn = resolve_energy(self.energy)
         if not x0.is_floating_point():
@@ -159,12 +172,10 @@ class SGLD:
             y = y.to(x0.device)
             if y.shape != (x0.shape[0],):
                 raise UserError(f"y must have shape ({x0.shape[0]},); got {tuple(y.shape)}")
-        if generator is None and seed is not None:
-            generator = torch.Generator(device=x0.device).manual_seed(seed)
+        draw_noise = self._noise_source(x0, seed, generator, chain_ids)
         half_eta = self.step_size / 2
         x = x0.detach().clone()
         v = torch.zeros_like(x)
-        noise = torch.empty_like(x) if self.noise_std > 0 else None
         traj = torch.empty(self.steps + 1, x.shape[0], dtype=x.dtype, device=x.device)
         with frozen_eval(model), torch.enable_grad():
             for n in range(self.steps):
@@ -175,11 +186,32 @@ class SGLD:
                 traj[n] = e.detach()
                 v.mul_(self.momentum).add_(grad, alpha=-half_eta)
                 x.add_(v)
-                if noise is not None:
-                    noise.normal_(0.0, self.noise_std, generator=generator)
-                    x.add_(noise)
+                if draw_noise is not None:
+                    x.add_(draw_noise())
                 if self.clamp:
                     x.clamp_(0.0, 1.0)
             with torch.no_grad():
                 traj[self.steps] = energy_fn(model(x), y)
         return SampleResult(x=x, energy_trajectory=traj)
+
+    def _noise_source(
+        self,
+        x0: Tensor,
+        seed: int | None,
+        generator: torch.Generator | None,
+        chain_ids: Tensor | None,
+    ) -> Callable[[], Tensor] | None:
+        """A function giving one step's noise (N(0, s^2), x0's shape, dtype and device), or None
+        when ``noise_std`` is 0. See :meth:`__call__` for the three sources."""
+        if self.noise_std == 0:
+            return None
+        n, shape = x0.shape[0], tuple(x0.shape[1:])
+        if generator is not None or seed is None:
+            noise = torch.empty_like(x0)
+            return lambda: noise.normal_(0.0, self.noise_std, generator=generator)
+        ids = torch.arange(n, device=x0.device) if chain_ids is None else chain_ids.to(x0.device)
+        if ids.shape != (n,) or ids.is_floating_point():
+            raise UserError(f"chain_ids must be ({n},) integers; got {ids.dtype} {tuple(ids.shape)}")
+        streams = SampleStreams.for_ids(ids, seed)
+        rows = torch.arange(n, device=x0.device)
+        return lambda: streams.normal(rows, shape, x0.dtype).mul_(self.noise_std)

@@ -52,7 +52,11 @@ class TrainConfig:
     is computed; 'fp16' needs CUDA and uses dynamic loss scaling. ``channels_last`` stores
     weights and batches in NHWC memory order. ``compile`` runs the training steps (inner attack
     included) through ``torch.compile`` (:func:`robust_ebm.fastpath.wrap_model`; fp32 or bf16;
-    the per-epoch evaluation stays uncompiled). ``save_every`` also writes the resumable state
+    the per-epoch evaluation stays uncompiled). ``host_resident`` keeps the training images in
+    host memory (page-locked on CUDA) and copies each batch to the device asynchronously,
+    instead of moving the whole set to the device once: for training sets larger than the
+    device's memory; the batches, and so the run, are the same bit for bit
+    (:class:`robust_ebm.data.TensorLoader`). ``save_every`` also writes the resumable state
     every N optimizer steps (0: at the end of each epoch only).
     """
 
@@ -74,6 +78,7 @@ class TrainConfig:
     precision: str = "fp32"  # 'fp32', 'bf16' or 'fp16' (CUDA only)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model for the training steps (fp32 or bf16)
+    host_resident: bool = False  # training data in (pinned) host memory, batches copied over
 
     def __post_init__(self) -> None:
         _raise_failed([

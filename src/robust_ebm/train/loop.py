@@ -180,6 +180,7 @@ class _Loop:
             data, cfg.batch_size // info.world_size, shuffle=True, seed=cfg.seed,
             augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip), drop_last=True,
             rank=info.rank, world_size=info.world_size, device=device,
+            host_resident=cfg.host_resident,
         )
         n = len(self.loader)
         self.steps = n if cfg.limit_train_batches is None else min(n, cfg.limit_train_batches)

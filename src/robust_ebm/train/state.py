@@ -25,8 +25,9 @@ from ..io import atomic_write_bytes
 
 STATE_FILE = "state.pt"
 STATE_FORMAT = "robust-ebm-train-checked/1"  # envelope: {"format", "sha256", "state": bytes}
-# Keys that may differ between the interrupted run and its resumption.
-RESUME_IGNORED = ("resume", "json", "out", "device", "tensorboard")
+# Keys that may differ between the interrupted run and its resumption (they do not change the
+# numbers of a run).
+RESUME_IGNORED = ("resume", "json", "out", "device", "tensorboard", "host_resident")
 
 
 @dataclass
