@@ -106,7 +106,7 @@ def _energy(
 
 @register_attack("he_pgd")
 def _he_pgd(gamma: float = 1.5, **hp: Any) -> Attack:
-    """High-Energy PGD: ascend CE(x', y) + gamma E(x') (Mirza et al., arXiv 2407.06315)."""
+    """High-Energy PGD: ascend CE(x', y) + gamma E(x') (Beadini & Masi, arXiv 2304.04033)."""
     return _build(PGD, {}, {**hp, "loss": make_loss("he", gamma=gamma)})
 
 

@@ -1,4 +1,4 @@
-"""Energy-based detection of adversarial inputs (Mirza et al., ECCV 2024, arXiv 2407.06315).
+"""Energy-based detection of adversarial inputs (Beadini & Masi, arXiv 2304.04033).
 
 >>> from robust_ebm.detection import EnergyDetector, calibrate_detector
 >>> det, _ = calibrate_detector(model, x_cal, y_cal, make_attack("pgd", eps=0.1))  # doctest: +SKIP

@@ -1,6 +1,6 @@
 """The energy detector: flag an input as adversarial from its temperature-scaled free energy.
 
-Mirza et al., ECCV 2024 (arXiv 2407.06315), Sec. 5: score = E_T(x) = -T logsumexp(f(x)/T) of the
+Beadini & Masi (arXiv 2304.04033): score = E_T(x) = -T logsumexp(f(x)/T) of the
 attacked classifier; an input is flagged when E_T(x) <= tau (``direction='below'``: untargeted
 attacks push energy down). T and tau are calibrated on held-out data attacked with the budget the
 detector should catch: AUROC per T over a grid, best T kept, tau = Youden-J threshold.
@@ -27,9 +27,11 @@ from ..errors import CorruptDataError, UserError
 from ..io import atomic_write_json
 from .metrics import auroc, tpr_at_fpr, youden_threshold
 
-__all__ = ["DIRECTIONS", "TEMPERATURES", "EnergyDetector", "model_logits"]
+__all__ = ["DIRECTIONS", "PUBLISHED_TEMPERATURES", "TEMPERATURES", "EnergyDetector", "model_logits"]
 
 TEMPERATURES: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+# the grid of the published detector notebooks (ours adds T = 5; docs/fidelity.md)
+PUBLISHED_TEMPERATURES: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 10.0, 20.0)
 DIRECTIONS = ("below", "above", "auto")
 FORMAT = "robust-ebm-energy-detector/1"
 

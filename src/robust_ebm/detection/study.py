@@ -1,6 +1,6 @@
 """Calibrating and evaluating the energy detector, adaptive attackers and the HE-PGD study.
 
-Mirza et al., ECCV 2024 (arXiv 2407.06315): the detector flags E_T(x) <= tau; HE-PGD
+Beadini & Masi (arXiv 2304.04033): the detector flags E_T(x) <= tau; HE-PGD
 (ascend CE + gamma E(x)) keeps E(x*) near clean energy and should make it fail (TPR near FPR).
 Two adaptive attackers that know the detector [choice, SPEC §4]:
 
