@@ -1,7 +1,7 @@
 """The one gradient loop: projected gradient ascent on any per-sample loss of the logits.
 
 PGD (Madry et al. 2018, arXiv 1706.06083) is the engine; FGSM, CW-margin PGD, TRADES-KL PGD,
-energy attacks and HE-PGD (Mirza et al. 2024, arXiv 2407.06315) are the same loop with another
+energy attacks and HE-PGD (Beadini & Masi, arXiv 2304.04033) are the same loop with another
 loss or start. The loop is geometry-agnostic (:mod:`robust_ebm.attacks.geometry`).
 """
 
@@ -155,12 +155,15 @@ def gradient_ascent(
     init_std: float,
     restarts: int,
     early_stop: bool,
+    clip_start: bool = True,
 ) -> Tensor:
     """The PGD loop. Returns x_adv in the work dtype.
 
     init: 'none' (start at x), 'uniform' (geometry's random start in the ball) or 'normal'
     (x + init_std * N(0, 1), TRADES). Each restart re-draws the start for samples not yet
     successful; per sample the kept result is the successful one, else the highest-loss one.
+    ``clip_start=False`` leaves the random start unprojected (the published TRADES/MART/WEAT
+    start: the first gradient is taken outside the box); every step still projects.
     With early_stop a sample stops moving at the first iterate that succeeds.
     """
     x, n = prob.x, prob.x.shape[0]
@@ -189,9 +192,11 @@ def gradient_ascent(
                 return core.draw(prob.gens, rows.cpu(), shape, like, kind)
 
             if init == "uniform":
-                x_adv = geometry.project_bounds(xs + geometry.init(sample, es), *bounds)
+                x_adv = xs + geometry.init(sample, es)
             else:
-                x_adv = geometry.project_bounds(xs + init_std * sample("normal"), *bounds)
+                x_adv = xs + init_std * sample("normal")
+            if clip_start:
+                x_adv = geometry.project_bounds(x_adv, *bounds)
         # act: local positions (in xs) still moving; None = all of them (the fast path)
         act: Tensor | None = None
         frozen_loss = torch.full((xs.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
@@ -272,6 +277,8 @@ class PGD:
             ``loss(logits, y) -> (N,)``, ascended.
         random_start: start uniformly in the ball (else at x).
         init_std: if set, start at x + init_std * N(0, 1) instead (TRADES uses 0.001).
+        clip_start: project the random start onto the ball and [0, 1] (default). False keeps
+            it unclipped, as the published TRADES, MART and WEAT code (docs/fidelity.md).
         restarts: runs with fresh starts for samples not yet fooled; keeps each sample's best.
         targeted: False, True/'given' (pass targets=), 'random' or 'least_likely'.
         early_stop: stop moving a sample at its first successful iterate.
@@ -290,6 +297,7 @@ class PGD:
     targeted: bool | str = False
     early_stop: bool = False
     seed: int | None = 0
+    clip_start: bool = True
 
     def __post_init__(self) -> None:
         check_common(self.eps, self.steps, self.step_size, self.restarts)
@@ -328,6 +336,7 @@ class PGD:
                 float(self.init_std or 0.0),
                 self.restarts,
                 self.early_stop,
+                self.clip_start,
             )
         return finish(x, x_adv, geometry, eps)
 

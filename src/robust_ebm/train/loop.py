@@ -61,6 +61,11 @@ class TrainConfig:
     is computed; 'fp16' needs CUDA and uses dynamic loss scaling. ``channels_last`` stores
     weights and batches in NHWC memory order. The per-epoch evaluation always runs in float32.
     ``tensorboard`` also writes the per-epoch record to ``<out>/tensorboard``.
+
+    Published one-cycle (PyTorch's OneCycleLR defaults, docs/fidelity.md): ``anneal='cos'``
+    and ``cycle_momentum=True`` (momentum 0.95 -> 0.85 -> 0.95, overriding ``momentum``); ours
+    anneals linearly at fixed momentum. ``eval_clip_start=False`` starts the evaluation PGD
+    unclipped, as the published evaluation does.
     """
 
     epochs: int = 5
@@ -70,6 +75,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     pct_start: float = 0.25
+    anneal: str = "linear"  # one-cycle annealing: 'linear' or 'cos' (published)
+    cycle_momentum: bool = False  # one-cycle momentum 0.95 -> 0.85 -> 0.95 (published)
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training, for "multistep"
     gamma: float = 0.1  # multistep decay factor
     crop_padding: int = 0
@@ -78,6 +85,7 @@ class TrainConfig:
     eval_eps: float | None = None
     eval_step_size: float | None = None  # None: 2.5 * eps / steps
     eval_steps: int = 10
+    eval_clip_start: bool = True
     eval_n: int = 1000  # validation/test samples evaluated each epoch
     energy_n: int = 500  # fixed training samples tracked each epoch
     eval_batch_size: int = 500
@@ -97,6 +105,7 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}; got {self.schedule!r}"),
             (0 < self.pct_start < 1, f"pct_start must be in (0, 1); got {self.pct_start}"),
+            (self.anneal in ("linear", "cos"), f"anneal must be 'linear' or 'cos'; got {self.anneal!r}"),
             (self.crop_padding >= 0, f"crop_padding must be >= 0; got {self.crop_padding}"),
             (self.eval_eps is None or self.eval_eps >= 0, f"eval_eps must be >= 0; got {self.eval_eps}"),
             (self.eval_steps >= 1, f"eval_steps must be >= 1; got {self.eval_steps}"),
@@ -117,7 +126,8 @@ class TrainConfig:
         from ..attacks import make_attack
 
         step = self.eval_step_size if self.eval_step_size is not None else 2.5 * self.eval_eps / self.eval_steps
-        return make_attack("pgd", eps=self.eval_eps, step_size=step, steps=self.eval_steps, seed=self.seed)
+        return make_attack("pgd", eps=self.eval_eps, step_size=step, steps=self.eval_steps,
+                           seed=self.seed, clip_start=self.eval_clip_start)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -138,7 +148,7 @@ def make_scheduler(
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start,
-            anneal_strategy="linear", cycle_momentum=False,
+            anneal_strategy=cfg.anneal, cycle_momentum=cfg.cycle_momentum,
         )
     if cfg.schedule == "multistep":
         marks = [int(m * total) for m in cfg.milestones]
