@@ -74,3 +74,26 @@ def test_eccv2024_generation_preset_builds_sampler_and_init():
     assert pca.component_rule == "below"
     sgld = SGLD(**gen["sampler"])
     assert (sgld.step_size, sgld.steps, sgld.noise_scaling) == (0.8, 50, "sqrt_2_step")
+
+
+@pytest.mark.slow  # ResNet-18 on CPU: ~10-30 s
+@pytest.mark.parametrize("preset", ["trades-cifar10"])
+def test_train_command_runs_a_preset(preset, tmp_path, tiny_npz, capsys):
+    """`robust-ebm train --config PRESET` end to end, on tiny data (one batch, one epoch)."""
+    import json
+
+    from robust_ebm.cli import main
+
+    out = tmp_path / "run"
+    overrides = [f"data.dataset={tiny_npz}", "train.epochs=1", "train.batch_size=16",
+                 "train.limit_train_batches=1", "train.eval_n=16", "train.energy_n=16",
+                 "objective.steps=1", "train.eval_steps=1"]
+    argv = ["train", "--config", str(ROOT / "eccv2024" / f"{preset}.toml"), "--out", str(out),
+            "--json"] + [a for o in overrides for a in ("--set", o)]
+    code = main(argv)
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    run = json.loads((out / "run.json").read_text())
+    cfg = run.get("config", run)
+    assert cfg["train"]["anneal"] == "cos" and cfg["train"]["cycle_momentum"] is True
+    assert cfg["objective"]["clip_start"] is False and cfg["model"]["name"] == "resnet18"
