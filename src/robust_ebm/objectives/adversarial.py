@@ -3,9 +3,10 @@
 Each is a frozen dataclass called as ``objective(model, x, y) -> (loss, logs)``. The inner
 attack runs on the unwrapped model (never a DDP wrapper) in eval mode with frozen parameters
 (the attack engine restores both); the outer loss runs the model in its training mode, as in
-the published code. Options that reproduce the published code exactly where our defaults
-differ are listed in docs/fidelity.md (``clip_start``, ``kl_form``, ``forward_passes``). The inner attack's seed is drawn from the global RNG, which the training
-loop seeds per step, so runs are reproducible and resumable. Budgets are in pixel units of
+the published code. Options that reproduce the published code where our defaults differ
+(``clip_start``, ``kl_form``, ``forward_passes``) are listed in docs/fidelity.md. The inner
+attack's seed is drawn from the global RNG, which the training loop seeds per step, so runs
+are reproducible and resumable. Budgets are in pixel units of
 [0,1] images; defaults are the CIFAR-10 values of the papers (eps 8/255, step 2/255, 10 steps).
 """
 
@@ -75,9 +76,11 @@ class PGDAT(_Adversarial):
                       "E_adv": free_energy(logits_adv).mean().detach()}
 
 
-def _pair(obj: _Adversarial, model: nn.Module, x: Tensor, y: Tensor, inner: str) -> tuple[Tensor, Tensor]:
+def _pair(
+    obj: _Adversarial, model: nn.Module, x: Tensor, y: Tensor, inner: str, **kw: Any
+) -> tuple[Tensor, Tensor]:
     """(natural logits, adversarial logits) of the model in its current (training) mode."""
-    x_adv = obj._attack(inner, model, x, y)
+    x_adv = obj._attack(inner, model, x, y, **kw)
     return model(x), model(x_adv)
 
 
@@ -108,8 +111,7 @@ class TRADES(_Adversarial):
             raise UserError(f"forward_passes must be 2 or 3; got {self.forward_passes!r}")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
-        x_adv = self._attack("trades_kl", model, x, y, kl_form=self.kl_form)
-        ln, la = model(x), model(x_adv)
+        ln, la = _pair(self, model, x, y, "trades_kl", kl_form=self.kl_form)
         lp = model(x) if self.forward_passes == 3 else None
         loss = trades_loss(ln, la, y, self.beta, self.kl_form, logits_p=lp)
         return loss, _pair_logs(loss, ln, la, y)
@@ -141,8 +143,7 @@ class _WEAT(_Adversarial):
     variant = "adv"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
-        x_adv = self._attack("trades_kl", model, x, y, kl_form=self.kl_form)
-        ln, la = model(x), model(x_adv)
+        ln, la = _pair(self, model, x, y, "trades_kl", kl_form=self.kl_form)
         loss = weat_loss(ln, la, y, self.beta, self.variant, self.normalize, self.kl_form)
         logs = _pair_logs(loss, ln, la, y)
         logs["weight"] = weat_weights(free_energy(ln)).mean().detach()
