@@ -314,3 +314,29 @@ def test_pca_component_count_matches_published_rule(target):
         k = int(np.argmin(cum < target))
         assert len(below.eigenvalues[c]) == k
         assert len(reach.eigenvalues[c]) == k + 1
+
+
+# ---- bad option values: one line naming the problem ---------------------------------------------
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: SGLD(step_size=1.0, noise_scaling="alpha"), "noise_scaling"),
+    (lambda: SGLD(step_size=1.0, energy_reduction="max"), "energy_reduction"),
+    (lambda: ClassPCAInit(component_rule="above"), "component_rule"),
+    (lambda: make_objective("trades", forward_passes=4), "forward_passes"),
+    (lambda: make_objective("weat_adv", kl_form="eps"), "kl_form"),
+    (lambda: make_attack("trades_kl", kl_form="approx"), "kl_form"),
+    (lambda: kl_divergence(torch.zeros(1, 2), torch.zeros(1, 2), "approx"), "kl_form"),
+])
+def test_bad_option_values_raise_user_error(build, match):
+    from robust_ebm.errors import UserError
+
+    with pytest.raises(UserError, match=match):
+        build()
+
+
+def test_bad_anneal_raises_user_error():
+    from robust_ebm.errors import UserError
+    from robust_ebm.train import TrainConfig
+
+    with pytest.raises(UserError, match="anneal"):
+        TrainConfig(anneal="exp")
