@@ -19,13 +19,21 @@ def main(root: str) -> None:
         obj, variant, _ = run.parent.name.rsplit("-", 2)
         last = json.loads(run.read_text().splitlines()[-1])["eval"]["test"]
         rows[(obj, variant)].append(last)
-    print("| objective | variant | seeds | clean acc | PGD-10 acc | E(x) - E(x*) |")
+    print("| objective | variant | seeds | clean acc | PGD-10 acc | mean E(x) - E(x*) |")
     print("|---|---|---|---|---|---|")
     for (obj, variant), recs in sorted(rows.items()):
-        acc = mean(r["accuracy"] for r in recs)
-        adv = mean(r["accuracy_adv"] for r in recs)
-        gap = mean(r["dE_x"]["mean"] for r in recs)
-        print(f"| {obj} | {variant} | {len(recs)} | {acc:.4f} | {adv:.4f} | {gap:+.3f} |")
+        cells = [_cell([r["accuracy"] for r in recs], "{:.3f}"),
+                 _cell([r["accuracy_adv"] for r in recs], "{:.3f}"),
+                 _cell([r["dE_x"]["mean"] for r in recs], "{:+.3f}")]
+        print(f"| {obj} | {variant} | {len(recs)} | " + " | ".join(cells) + " |")
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    """Mean, then the per-seed values when there are several."""
+    text = fmt.format(mean(values))
+    if len(values) > 1:
+        text += " (" + ", ".join(fmt.format(v) for v in values) + ")"
+    return text
 
 
 if __name__ == "__main__":
