@@ -21,7 +21,15 @@ from ..errors import CorruptDataError, DataNotFoundError, UserError
 from .catalog import CATALOG, DatasetInfo, get_info
 from .checksums import content_md5, file_md5
 from .dataset import ImageDataset
-from .readers import cifar_members, read_cifar, read_digits, read_idx_split, read_npz, read_svhn
+from .readers import (
+    cifar_members,
+    read_cifar,
+    read_digits,
+    read_idx_split,
+    read_npz,
+    read_svhn,
+    read_tiny_imagenet,
+)
 
 __all__ = [
     "cache_dir",
@@ -84,7 +92,7 @@ def _find_in_dir(info: DatasetInfo, split: str, d: Path) -> list[Path] | None:
             if all((base / n).is_file() for n in names):
                 return [base]
         return None
-    if info.format == "svhn":
+    if info.format in ("svhn", "tiny_imagenet"):
         paths = [d / n for n in info.splits[split]]
         return paths if all(p.is_file() for p in paths) else None
     return []  # digits: nothing on disk
@@ -138,7 +146,7 @@ def load_dataset(
 
     Args:
         name: A catalog name (``fashion_mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``svhn``,
-            ``digits``) or the path of a ``.npz`` file (see :func:`readers.read_npz`; its
+            ``tiny_imagenet``, ``digits``) or the path of a ``.npz`` file (see :func:`readers.read_npz`; its
             mean/std are computed from the loaded images).
         split: ``train`` or ``test`` (``extra`` for SVHN).
         data_dir: Searched first; see the module docstring for the full search order.
@@ -167,6 +175,8 @@ def load_dataset(
             images, labels = read_idx_split(paths[0], paths[1])
         elif info.format in ("cifar10", "cifar100"):
             images, labels = read_cifar(paths[0], info.format, split)
+        elif info.format == "tiny_imagenet":
+            images, labels = read_tiny_imagenet(paths[0])
         else:
             images, labels = read_svhn(paths[0])
     if tuple(images.shape[1:]) != info.shape:
