@@ -1,4 +1,16 @@
-"""Shared test helpers: writers of tiny dataset files in the official formats."""
+"""Shared test helpers: writers of tiny dataset files in the official formats, and the tiny
+trained models the attack, evaluation, analysis and detection tests share.
+
+Two digits MLPs are kept on purpose, because the tests' measured thresholds belong to each:
+
+* ``digits_model``: ``nn.Sequential`` MLP trained with Adam on all 1797 scikit-learn digits
+  (pixels / 16), used by the attack, oracle and evaluation tests;
+* ``digits_mlp``: ``create_model("mlp")`` trained with SGD on the package's digits train split
+  (1438 images, uint8 / 255) for 5 epochs, 98% test accuracy; the analysis and detection tests'
+  numbers (e.g. mean dE(x) about +4.9 at eps 0.5) were measured on it.
+
+Every model is built once per session, seeded, without touching the global RNG.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 
 class OfficialFormats:
@@ -120,3 +134,119 @@ def write_tiny_npz(path, n_train=160, n_test=40, seed=0):
     xte, yte = make(n_test)
     np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
     return path
+
+
+# -- tiny trained models -----------------------------------------------------------------------
+
+
+class TinyCNN(nn.Module):
+    """conv 8 - pool - fc: per-sample independent in eval mode (BatchNorm uses running stats)."""
+
+    def __init__(self, k: int = 10) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.1),
+            nn.Flatten(),
+            nn.Linear(8 * 4 * 4, k),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.fixture(scope="session")
+def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits as (1797, 1, 8, 8) floats in [0, 1] and (1797,) labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits_data) -> nn.Module:
+    """An MLP with >= 95% train accuracy on digits; eval mode, seeded. Shared: do not mutate."""
+    x, y = digits_data
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        idx = torch.randint(0, x.shape[0], (256,), generator=g)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn(digits_data):
+    """A factory: ``tiny_cnn()`` is a fresh (mutable) copy of a trained conv net with BatchNorm
+    and Dropout, in eval mode; the training runs once per session."""
+    x, y = digits_data
+    g = torch.Generator().manual_seed(1)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        trained = TinyCNN()
+        opt = torch.optim.Adam(trained.parameters(), lr=1e-2)
+        trained.train()  # dropout draws from the forked global RNG
+        for _ in range(150):
+            idx = torch.randint(0, x.shape[0], (128,), generator=g)
+            loss = nn.functional.cross_entropy(trained(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+
+    def fresh() -> nn.Module:
+        model = TinyCNN()
+        model.load_state_dict(state)
+        return model.eval()
+
+    return fresh
+
+
+@pytest.fixture(scope="session")
+def digits_mlp() -> nn.Module:
+    """``create_model("mlp", 10, 1, image_size=8)`` after 5 epochs of SGD on the digits train
+    split: about 0.1 s, 98% test accuracy. Shared: do not mutate."""
+    from robust_ebm.data import load_dataset
+    from robust_ebm.models import create_model
+
+    tr = load_dataset("digits", "train")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_model("mlp", 10, 1, tr.mean, tr.std, image_size=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = tr.images.float() / 255, tr.labels
+    for epoch in range(5):
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, len(y), 64):
+            idx = perm[i : i + 64]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    """A factory: ``digits_test(n=300)`` -> the first n digits test images in [0, 1], labels."""
+    from robust_ebm.data import load_dataset
+
+    te = load_dataset("digits", "test")
+
+    def first(n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+        return te.images[:n].float() / 255, te.labels[:n]
+
+    return first

@@ -4,15 +4,15 @@ Regime (measured, seeded; digits MLP, 300 test points, PGD-CE 20 steps of 2.5 ep
 is very confident (clean E(x) mean -13.8, std 3.4). At small budgets (eps <= 0.2) PGD first has to
 pull the true logit down, so E(x*) RISES (dE(x) < 0). Once accuracy is 0 (eps >= 0.3) the attack
 keeps inflating a wrong logit and E(x*) keeps FALLING as eps grows; at eps = 0.5 it lies below
-clean (mean dE(x) about +4.9, 82% of x* below their x) -- the paper's claim (SPEC §2.1) is tested
-there, and the fall with eps past 0% accuracy is tested too.
+clean (mean dE(x) about +4.9, 82% of x* below their x) -- the paper's claim
+(docs/science.md#energy-under-attack) is tested there, and the fall with eps past 0% accuracy is
+tested too.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_analysis_fixtures import digits_mlp, digits_test
 
 from robust_ebm.analysis import (
     RandomNoise,
@@ -26,12 +26,12 @@ from robust_ebm.energy import free_energy
 
 
 @pytest.fixture(scope="module")
-def model():
-    return digits_mlp()
+def model(digits_mlp):
+    return digits_mlp
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(digits_test):
     return digits_test()
 
 
@@ -54,7 +54,7 @@ def test_pgd_lowers_energy_once_it_fools_everything(eps_grid):
     assert big["accuracy_adv"] == 0.0
     assert big["dE_x"]["mean"] > 2.0  # E(x*) well below E(x) on average
     assert big["share_E_adv_below"] > 0.7
-    # past 0% accuracy, E(x*) keeps falling as eps grows (SPEC §2.1)
+    # past 0% accuracy, E(x*) keeps falling as eps grows (docs/science.md#energy-under-attack)
     means = [eps_grid.report(f"pgd@{e}")["E_adv"]["mean"] for e in (0.2, 0.3, 0.5)]
     assert means[0] > means[1] + 1.0 > means[2] + 2.0
     # E(x*, y_true) rises: the true logit is pushed down
@@ -137,7 +137,7 @@ def test_default_attacks_table(model, data):
     assert default_attacks(0.1, ("pgd",))[0]["pgd"].steps == 20
     x, y = data[0][:40], data[1][:40]
     res = analyze_energy(model, x, y, attacks).to_dict()
-    # targeted / margin attacks leave E(x*) higher than CE-PGD does (SPEC §2.2) on this model
+    # targeted / margin attacks leave E(x*) higher than CE-PGD does (docs/science.md#energy-under-attack) on this model
     assert res["attacks"]["apgd_t"]["E_adv"]["mean"] > res["attacks"]["pgd"]["E_adv"]["mean"] - 5
 
 

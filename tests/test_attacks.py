@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +10,6 @@ from torch import nn
 
 from robust_ebm.attacks import REFERENCE_ATTACKS, list_attacks, make_attack
 from robust_ebm.errors import UserError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_attacks_fixtures import digits_data, digits_model, tiny_cnn
 
 EPS = 0.1
 # small but real hyperparameters per attack (norm decides the ball the result must lie in)
@@ -46,13 +42,13 @@ def _eps_of(attack) -> float:
 
 
 @pytest.fixture(scope="module")
-def cnn() -> nn.Module:
+def cnn(tiny_cnn) -> nn.Module:
     return tiny_cnn()
 
 
 @pytest.fixture(scope="module")
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = digits_data()
+def batch(digits_data) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = digits_data
     return x[:12].clone(), y[:12].clone()
 
 
@@ -202,9 +198,9 @@ def test_apgd_with_he_loss_gamma_zero_equals_apgd_ce(cnn, batch):
     assert torch.equal(a, b)
 
 
-def test_trades_kl_uses_natural_logits_once(batch):
+def test_trades_kl_uses_natural_logits_once(batch, digits_model):
     x, y = batch
-    model = digits_model()
+    model = digits_model
     calls = []
     hook = model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     try:
@@ -214,11 +210,11 @@ def test_trades_kl_uses_natural_logits_once(batch):
     assert len(calls) == 1 + 5  # one natural forward, then one per step
 
 
-def test_energy_attack_directions(batch):
+def test_energy_attack_directions(batch, digits_model):
     from robust_ebm.energy import free_energy
 
     x, y = batch
-    model = digits_model()
+    model = digits_model
     e0 = free_energy(model(x)).detach()
     up = make_attack("energy", eps=EPS, steps=10, direction="ascend")(model, x, y)
     down = make_attack("energy", eps=EPS, steps=10, direction="descend")(model, x, y)
@@ -230,9 +226,9 @@ def test_energy_attack_directions(batch):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    x, y = digits_data()
-    return digits_model(), x[:300], y[:300]
+def digits(digits_data, digits_model):
+    x, y = digits_data
+    return digits_model, x[:300], y[:300]
 
 
 def _acc(model, x, y) -> float:
@@ -328,9 +324,9 @@ def test_bad_hyperparameters(name, hp, match):
 
 
 @pytest.mark.parametrize("name", OWN)
-def test_bad_inputs(name, batch):
+def test_bad_inputs(name, batch, digits_model):
     x, y = batch
-    model = digits_model()
+    model = digits_model
     attack = make_attack(name, **CONFIGS[name])
     with pytest.raises(UserError, match=r"\[0, 1\]"):
         attack(model, x * 2.0, y)
@@ -344,9 +340,9 @@ def test_bad_inputs(name, batch):
         attack(_Probs(model), x, y)
 
 
-def test_targeted_without_targets_and_per_sample_eps_errors(batch):
+def test_targeted_without_targets_and_per_sample_eps_errors(batch, digits_model):
     x, y = batch
-    model = digits_model()
+    model = digits_model
     with pytest.raises(UserError, match="targets"):
         make_attack("pgd", targeted=True)(model, x, y)
     with pytest.raises(UserError, match="eps"):
@@ -357,9 +353,9 @@ def test_targeted_without_targets_and_per_sample_eps_errors(batch):
         make_attack("pgd")(model, x, y + 10)
 
 
-def test_custom_loss_callable(batch):
+def test_custom_loss_callable(batch, digits_model):
     x, y = batch
-    model = digits_model()
+    model = digits_model
 
     def margin(logits, y):
         return logits.logsumexp(1) - logits.gather(1, y[:, None]).squeeze(1)
@@ -370,11 +366,11 @@ def test_custom_loss_callable(batch):
         make_attack("pgd", loss=lambda lg, yy: lg.sum(), eps=EPS, steps=1)(model, x, y)
 
 
-def test_missing_reference_package_message(monkeypatch):
+def test_missing_reference_package_message(monkeypatch, digits_data, digits_model):
     for mod in ("torchattacks", "pyautoattack", "autoattack"):
         monkeypatch.setitem(sys.modules, mod, None)  # makes `import mod` raise ImportError
-    x, y = digits_data()
-    model = digits_model()
+    x, y = digits_data
+    model = digits_model
     for name in ("ta_square", "autoattack"):
         with pytest.raises(UserError, match="pip install --no-deps"):
             make_attack(name, eps=EPS)(model, x[:2], y[:2])

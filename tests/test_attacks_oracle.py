@@ -7,16 +7,11 @@ Skipped with a reason when the optional packages are missing; install them with
 from __future__ import annotations
 
 import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from robust_ebm.attacks import REFERENCE_ATTACKS, make_attack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_attacks_fixtures import digits_data, digits_model, tiny_cnn
 
 pytestmark = pytest.mark.oracle
 
@@ -37,11 +32,11 @@ def _acc(model, x, y) -> float:
 
 @needs_ta
 @pytest.mark.parametrize("which", ["mlp", "cnn"])
-def test_pgd_without_random_start_equals_torchattacks(which):
+def test_pgd_without_random_start_equals_torchattacks(which, digits_data, digits_model, tiny_cnn):
     import torchattacks
 
-    model = digits_model() if which == "mlp" else tiny_cnn()
-    x, y = digits_data()
+    model = digits_model if which == "mlp" else tiny_cnn()
+    x, y = digits_data
     x, y = x[:200], y[:200]
     ours = make_attack("pgd", eps=0.1, step_size=0.02, steps=10, random_start=False)
     ref = torchattacks.PGD(model, eps=0.1, alpha=0.02, steps=10, random_start=False)
@@ -49,7 +44,7 @@ def test_pgd_without_random_start_equals_torchattacks(which):
 
 
 @needs_ta
-def test_pgd_l2_without_random_start_equals_torchattacks():
+def test_pgd_l2_without_random_start_equals_torchattacks(digits_data):
     """On an untrained net: torchattacks normalizes the gradient of the batch-MEAN loss with
     +1e-10, which shrinks its steps for confident samples (gradients near 1e-10 * N); with
     gradients of ordinary size both are the same algorithm."""
@@ -60,7 +55,7 @@ def test_pgd_l2_without_random_start_equals_torchattacks():
         model = torch.nn.Sequential(
             torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
         ).eval()
-    x, y = digits_data()
+    x, y = digits_data
     x, y = x[:200], y[:200]
     ours = make_attack("pgd_l2", eps=1.0, step_size=0.2, steps=10, random_start=False)
     ref = torchattacks.PGDL2(model, eps=1.0, alpha=0.2, steps=10, random_start=False)
@@ -77,9 +72,9 @@ def test_pgd_l2_without_random_start_equals_torchattacks():
         ("apgd_t", "apgd-t", {}),
     ],
 )
-def test_apgd_matches_autoattack_robust_accuracy(ours, theirs, hp):
-    model = digits_model()
-    x, y = digits_data()
+def test_apgd_matches_autoattack_robust_accuracy(ours, theirs, hp, digits_data, digits_model):
+    model = digits_model
+    x, y = digits_data
     x, y = x[:1000], y[:1000]
     eps = 0.1  # robust accuracy about 30%: far from both 0 and clean
     acc_ours = _acc(model, make_attack(ours, eps=eps, steps=100, **hp)(model, x, y), y)
@@ -90,9 +85,9 @@ def test_apgd_matches_autoattack_robust_accuracy(ours, theirs, hp):
 
 
 @needs_aa
-def test_autoattack_standard_runs_on_cpu_with_our_conventions():
+def test_autoattack_standard_runs_on_cpu_with_our_conventions(digits_data, tiny_cnn):
     model = tiny_cnn()
-    x, y = digits_data()
+    x, y = digits_data
     x, y = x[:24].clone(), y[:24].clone()
     x0 = x.clone()
     model.train()
@@ -129,9 +124,9 @@ def test_every_torchattacks_adapter_has_a_config():
 
 @needs_ta
 @pytest.mark.parametrize("name", sorted(TA_CONFIGS))
-def test_torchattacks_adapters_follow_conventions(name):
+def test_torchattacks_adapters_follow_conventions(name, digits_data, tiny_cnn):
     model = tiny_cnn()
-    x, y = digits_data()
+    x, y = digits_data
     x, y = x[:8].clone(), y[:8].clone()
     x0 = x.clone()
     attack = make_attack(name, **TA_CONFIGS[name])

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_analysis_fixtures import digits_mlp, digits_test
 
 from robust_ebm.analysis import analyze_energy
 from robust_ebm.attacks import make_attack
@@ -61,8 +60,8 @@ def test_auroc_edge_cases():
 
 
 @pytest.fixture(scope="module")
-def model():
-    return digits_mlp()
+def model(digits_mlp):
+    return digits_mlp
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +132,7 @@ def test_direction_auto_and_above():
     assert below.direction == "below" and below.info["calibration"]["auroc"] < 0.1
 
 
-def test_evaluate_adaptive_and_he_study(calibrated, model):
+def test_evaluate_adaptive_and_he_study(calibrated, model, digits_test):
     det, _, (xc, yc) = calibrated
     x, y = digits_test(120)
     hp = {"eps": 0.5, "steps": 10}

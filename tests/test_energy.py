@@ -1,4 +1,4 @@
-"""Energy identities (SPEC §1) on random and extreme logits."""
+"""Energy identities (docs/science.md#energies) on random and extreme logits."""
 
 import math
 

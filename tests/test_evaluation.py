@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +13,11 @@ from robust_ebm.attacks import make_attack
 from robust_ebm.errors import UserError
 from robust_ebm.evaluation import evaluate_robustness, sanity_checks, zero_gradient_share
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_attacks_fixtures import digits_data, digits_model
-
 
 @pytest.fixture(scope="module")
-def digits():
-    x, y = digits_data()
-    return digits_model(), x[:200], y[:200]
+def digits(digits_data, digits_model):
+    x, y = digits_data
+    return digits_model, x[:200], y[:200]
 
 
 def _acc(model, x, y):
@@ -144,11 +139,11 @@ def _parse(argv):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tmp_path_factory, digits_data):
     from robust_ebm.checkpoint import save_model
     from robust_ebm.models import create_model
 
-    x, y = digits_data()
+    x, y = digits_data
     torch.manual_seed(0)
     model = create_model("small_cnn", num_classes=10, in_channels=1)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -275,6 +270,25 @@ def test_sharded_attack_merges_into_the_single_run(checkpoint, tmp_path, capsys)
     a, b = load_file(str(tmp_path / "m/adversarial.safetensors")), load_file(str(tmp_path / "all/adversarial.safetensors"))
     assert torch.equal(a["index"], torch.arange(60)) and torch.equal(a["robust"], b["robust"])
     torch.testing.assert_close(a["x_adv"], b["x_adv"])
+
+
+def test_merge_attacks_command(checkpoint, tmp_path, capsys):
+    """`robust-ebm merge-attacks OUT SHARD...` writes the library's merged report; bad shards
+    give one stderr line and exit code 2."""
+    from robust_ebm.cli import main
+
+    _attack_run(checkpoint, tmp_path / "a", "--n", "20")
+    _attack_run(checkpoint, tmp_path / "b", "--start", "20", "--n", "20")
+    capsys.readouterr()
+    assert main(["merge-attacks", str(tmp_path / "m"), str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "m" / "robustness.json").read_text())
+    assert printed["n"] == saved["n"] == 40 and printed["fooled_by"] == saved["fooled_by"]
+    assert main(["merge-attacks", str(tmp_path / "m2"), str(tmp_path / "a"),
+                 str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overlap" in err[0] and not (tmp_path / "m2").exists()
 
 
 def test_merge_refuses_overlaps_and_mixed_settings(checkpoint, tmp_path, capsys):

@@ -7,7 +7,8 @@ from robust_ebm.errors import UserError
 from robust_ebm.models import create_model, list_models, load_foreign_state_dict
 
 # Wide networks are heavy on 2 CPU cores; shrink them for shape checks.
-SMALL_KWARGS = {"wide_resnet": {"depth": 10, "widen_factor": 1}}
+SMALL_KWARGS = {"wide_resnet": {"depth": 10, "widen_factor": 1},
+                "dm_wide_resnet": {"depth": 10, "widen_factor": 1}}
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -1,4 +1,4 @@
-"""Training losses and objectives (SPEC §5): identities, gradients, a short run."""
+"""Training losses and objectives (docs/science.md#training-objectives): identities, gradients, a short run."""
 
 import pytest
 import torch
@@ -102,7 +102,7 @@ def test_objective_finite_and_gradient_reaches_every_parameter(name):
 @pytest.mark.parametrize("name", ["pgd_at", "trades", "weat_adv"])
 def test_short_adversarial_run_lowers_the_loss(name):
     from robust_ebm.data import ImageDataset
-    from robust_ebm.train import TrainConfig, train
+    from robust_ebm.train import EvalConfig, Evaluation, TrainConfig, train
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 2, (256,), generator=g)
@@ -111,6 +111,7 @@ def test_short_adversarial_run_lowers_the_loss(name):
     imgs[y == 1, :, 6:] += 150
     ds = ImageDataset(imgs, y, 2, "tiny", (0.5,), (0.3,))
     model = create_model("mlp", 2, 1, image_size=12)
-    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, energy_n=0, eval_n=32)
-    hist = train(model, make_objective(name, **BUDGET), ds, cfg, test_set=ds, log=lambda s: None)
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05)
+    evaluation = Evaluation.from_config(EvalConfig(energy_n=0, eval_n=32), cfg.seed, ds, test_set=ds)
+    hist = train(model, make_objective(name, **BUDGET), ds, cfg, [evaluation], log=lambda s: None)
     assert hist[-1]["train_loss"]["loss"] < 0.7 * hist[0]["train_loss"]["loss"]

@@ -14,7 +14,8 @@ from robust_ebm.detection.detector import PUBLISHED_TEMPERATURES
 from robust_ebm.models import list_models
 from robust_ebm.objectives import make_objective
 from robust_ebm.sampling import SGLD, ClassPCAInit
-from robust_ebm.train.config import default_config, load_toml, merge, train_config
+from robust_ebm.train.callbacks import eval_attack
+from robust_ebm.train.config import default_config, eval_config, load_toml, merge, train_config
 
 ROOT = Path(__file__).resolve().parents[1] / "configs" / "paper"
 TRAIN = sorted(p for p in (ROOT / "eccv2024").glob("*.toml") if not p.name.startswith("generate"))
@@ -40,6 +41,9 @@ def test_eccv2024_training_preset_loads_with_the_published_recipe(path):
     assert (tcfg.schedule, tcfg.pct_start, tcfg.anneal, tcfg.cycle_momentum) == (
         "onecycle", 0.25, "cos", True)
     assert (tcfg.crop_padding, tcfg.flip) == (4, True)
+    ecfg = eval_config(cfg)  # the evaluation keys of [train] land on the callbacks' side
+    assert (ecfg.eval_steps, ecfg.eval_clip_start) == (20, False)
+    assert eval_attack(ecfg, tcfg.seed).clip_start is False
     assert obj.eps == pytest.approx(EPS) and obj.step_size == pytest.approx(STEP)
     assert obj.steps == 10
     name = cfg["objective"]["name"]

@@ -25,3 +25,11 @@ def test_draws_on_a_terminal(monkeypatch):
     with Progress(3, "epoch", stream=err) as bar:
         bar.update(3, loss=0.5)
     assert "epoch" in err.getvalue() and "3/3" in err.getvalue() and "loss=0.5" in err.getvalue()
+
+
+def test_counts_steps_while_quiet(monkeypatch):
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    with Progress(5, "x", stream=io.StringIO()) as bar:
+        bar.update(2)
+        bar.update(3, loss=0.1)
+    assert bar.n == 5 and not bar.enabled

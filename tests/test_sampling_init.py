@@ -159,6 +159,20 @@ def test_cache_roundtrip_and_fingerprint_mismatch(tmp_path) -> None:
         ClassGaussianInit.load(path)
 
 
+def test_cache_status_is_explicit(tmp_path) -> None:
+    """load_or_fit says what happened to the file: fitted, reused, refitted (with the warning)."""
+    images, labels = _toy_data()
+    path = tmp_path / "g.safetensors"
+    assert ClassGaussianInit.load_or_fit(path, images, labels)[1] == "fitted"
+    assert ClassGaussianInit.load_or_fit(path, images, labels)[1] == "reused"
+    other = images.clone()
+    other[0, 0, 0, 0] += 0.1
+    with pytest.warns(UserWarning, match="refitting"):
+        init, status = ClassGaussianInit.load_or_fit(path, other, labels, on_mismatch="refit")
+    assert status == "refitted" and init.fingerprint == data_fingerprint(other, labels)
+    assert ClassGaussianInit.load_or_fit(path, other, labels)[1] == "reused"
+
+
 def test_corrupt_cache_raises(tmp_path) -> None:
     path = tmp_path / "bad.safetensors"
     path.write_bytes(b"not a safetensors file")

@@ -1,6 +1,7 @@
 """Energies of a classifier read as an energy-based model.
 
-Sign convention (stated once, used everywhere): **lower energy = more likely**.
+Sign convention (stated once, used everywhere): **lower energy = more likely**
+(docs/science.md#energies).
 
 Given logits f(x) in R^K (Mirza et al., ECCV 2024, arXiv 2407.06315; Beadini & Masi,
 arXiv 2304.04033):

@@ -31,10 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError
+from .evaluation.batched import map_batches
 
 __all__ = [
     "ClassifierFeatures",
     "InceptionFeatures",
+    "describe_feature_network",
     "extract_features",
     "extract_features_and_logits",
     "feature_statistics",
@@ -78,52 +80,22 @@ class ClassifierFeatures(nn.Module):
         return self.features_and_logits(x)[0]
 
 
-def _net_device(net: nn.Module) -> torch.device:
-    return next((p.device for p in net.parameters()), torch.device("cpu"))
-
-
-@torch.no_grad()
-def _batched(
-    net: nn.Module, x: Tensor, batch_size: int, with_logits: bool
-) -> tuple[Tensor, Tensor | None]:
-    device = _net_device(net)
-    modes = [(m, m.training) for m in net.modules()]
-    net.eval()
-    feats: list[Tensor] = []
-    logits: list[Tensor] = []
-    try:
-        for start in range(0, len(x), batch_size):
-            xb = x[start : start + batch_size].to(device)
-            xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb.float()
-            if with_logits:
-                if not isinstance(net, ClassifierFeatures):
-                    raise UserError("logits (for IS) need a ClassifierFeatures network")
-                f, lg = net.features_and_logits(xb)
-                logits.append(lg.float().cpu())
-            else:
-                f = net(xb)
-            feats.append(f.flatten(1).float().cpu())
-    finally:
-        for m, training in modes:
-            m.training = training
-    return torch.cat(feats), (torch.cat(logits) if with_logits else None)
-
-
 def extract_features(net: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
     """Features (N, F) of images ``x`` (N, C, H, W) in [0, 1] (uint8 allowed) on the CPU.
 
     Runs on the network's device in eval() under no_grad; the network's mode is restored.
     """
-    return _batched(net, x, batch_size, with_logits=False)[0]
+    return map_batches(net, x, batch_size=batch_size)[0].flatten(1)
 
 
 def extract_features_and_logits(
     net: ClassifierFeatures, x: Tensor, batch_size: int = 256
 ) -> tuple[Tensor, Tensor]:
     """Features (N, F) and logits (N, K) in one pass; see :func:`extract_features`."""
-    feats, logits = _batched(net, x, batch_size, with_logits=True)
-    assert logits is not None
-    return feats, logits
+    if not isinstance(net, ClassifierFeatures):
+        raise UserError("logits (for IS) need a ClassifierFeatures network")
+    feats, logits = map_batches(net, x, net.features_and_logits, batch_size)
+    return feats.flatten(1), logits
 
 
 def feature_statistics(feats: Tensor) -> tuple[Tensor, Tensor]:
@@ -347,3 +319,40 @@ class InceptionFeatures(nn.Module):
         x = x.clamp(0, 1) * (255.0 / 128.0) - 1.0
         f = self.net(x)
         return f.flatten(2).mean(2) if f.dim() > 2 else f
+
+
+def describe_feature_network(path: str | os.PathLike[str], sha256: str) -> str:
+    """A name that identifies a feature network checkpoint, e.g. ``small_cnn-h256 standard
+    fashion_mnist (runs/features/fashion_mnist/model.safetensors, sha256 1a2b3c4d5e6f)``; every
+    FID/KID/IS number carries it."""
+    from .checkpoint import read_metadata
+
+    meta = read_metadata(path)
+    arch = meta.get("arch", {})
+    kw = arch.get("kwargs", {}) or {}
+    name = str(arch.get("name", "?")) + (f"-h{kw['hidden']}" if "hidden" in kw else "")
+    return (f"{name} {meta.get('objective', '?')} {meta.get('dataset', '?')} "
+            f"({path}, sha256 {sha256[:12]})")
+
+
+def load_feature_network(
+    path: str | os.PathLike[str], model_sha256: str | None, in_channels: int,
+    device: torch.device,
+) -> tuple[ClassifierFeatures, str]:
+    """The feature network of the metrics and its name (:func:`describe_feature_network`).
+
+    Raises UserError when it is the model under test (same file hash ``model_sha256``) or reads
+    another number of channels than ``in_channels``.
+    """
+    from .checkpoint import load_model
+    from .io import file_sha256
+
+    sha = file_sha256(path)
+    if sha == model_sha256:
+        raise UserError("--features is the model under test; the metrics need an "
+                        "independently trained classifier of the dataset")
+    net = load_model(path, map_location=device)
+    if net.arch["in_channels"] != in_channels:
+        raise UserError(f"--features expects {net.arch['in_channels']}-channel "
+                        f"images; the samples have {in_channels}")
+    return ClassifierFeatures(net), describe_feature_network(path, sha)

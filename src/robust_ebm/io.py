@@ -5,6 +5,8 @@ A reader never sees a half-written file, and a crash leaves the previous version
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -57,3 +59,25 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_npz(path: str | os.PathLike[str], **arrays: Any) -> Path:
+    """Write numpy ``arrays`` as one compressed ``.npz`` file, atomically."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getvalue())
+
+    return atomic_write(path, write)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -26,9 +26,11 @@ from torch import Tensor
 
 from . import energy as _energy
 from .errors import UserError
+from .registry import Registry
 
 __all__ = [
     "KL_FORMS",
+    "LOSSES",
     "LossFn",
     "NamedLoss",
     "ce",
@@ -164,27 +166,20 @@ def he_loss(logits: Tensor, y: Tensor, gamma: float = 1.5) -> Tensor:
     return ce(logits, y) + gamma * _energy.free_energy(logits)
 
 
-@dataclass(frozen=True)
-class _LossEntry:
-    fn: Callable[..., Tensor]
-    targeted: Callable[..., Tensor] | None
-    params: tuple[str, ...]
-    needs_natural_logits: bool = False
-
-
-_LOSSES: dict[str, _LossEntry] = {
-    "ce": _LossEntry(ce, ce_targeted, ()),
-    "cw": _LossEntry(cw_margin, cw_margin_targeted, ("kappa",)),
-    "dlr": _LossEntry(dlr, dlr_targeted, ()),
-    "trades_kl": _LossEntry(trades_kl, None, ("kl_form",), needs_natural_logits=True),
-    "energy": _LossEntry(free_energy_loss, None, ("temperature",)),
-    "joint_energy": _LossEntry(joint_energy_loss, None, ()),
-    "he": _LossEntry(he_loss, None, ("gamma",)),
-}
+# name -> per-sample loss; flags: ``targeted`` (its own targeted form or None), ``params``
+# (keyword parameters it takes), ``needs_natural_logits`` (called as loss(logits, y, logits_nat))
+LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
+LOSSES.add("ce", ce, targeted=ce_targeted, params=())
+LOSSES.add("cw", cw_margin, targeted=cw_margin_targeted, params=("kappa",))
+LOSSES.add("dlr", dlr, targeted=dlr_targeted, params=())
+LOSSES.add("trades_kl", trades_kl, targeted=None, params=("kl_form",), needs_natural_logits=True)
+LOSSES.add("energy", free_energy_loss, targeted=None, params=("temperature",))
+LOSSES.add("joint_energy", joint_energy_loss, targeted=None, params=())
+LOSSES.add("he", he_loss, targeted=None, params=("gamma",))
 
 
 def list_losses() -> list[str]:
-    return sorted(_LOSSES)
+    return LOSSES.names()
 
 
 @dataclass(frozen=True)
@@ -202,20 +197,20 @@ class NamedLoss:
 
     @property
     def needs_natural_logits(self) -> bool:
-        return _LOSSES[self.name].needs_natural_logits
+        return bool(LOSSES.meta(self.name).get("needs_natural_logits"))
 
     def __call__(self, logits: Tensor, y: Tensor, *extra: Tensor) -> Tensor:
-        out = _LOSSES[self.name].fn(logits, y, *extra, **self.params)
+        out = LOSSES.get(self.name)(logits, y, *extra, **self.params)
         return out if self.sign == 1.0 else self.sign * out
 
     def targeted(self, logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
-        entry = _LOSSES[self.name]
-        if entry.needs_natural_logits:
+        if self.needs_natural_logits:
             raise UserError(f"loss {self.name!r} has no targeted form")
-        if entry.targeted is None:
-            out = -entry.fn(logits, target, **self.params)
+        targeted_form = LOSSES.meta(self.name)["targeted"]
+        if targeted_form is None:
+            out = -LOSSES.get(self.name)(logits, target, **self.params)
         else:
-            out = entry.targeted(logits, y, target, **self.params)
+            out = targeted_form(logits, y, target, **self.params)
         return out if self.sign == 1.0 else self.sign * out
 
     def __hash__(self) -> int:  # params is a dict; hash its items
@@ -224,9 +219,7 @@ class NamedLoss:
 
 def make_loss(name: str, sign: float = 1.0, **params: Any) -> NamedLoss:
     """Look up a registered loss by name and bind its parameters (UserError when unknown)."""
-    if name not in _LOSSES:
-        raise UserError(f"unknown loss {name!r}; choose one of: {', '.join(list_losses())}")
-    allowed = _LOSSES[name].params
+    allowed = LOSSES.meta(name)["params"]
     bad = sorted(set(params) - set(allowed))
     if bad:
         raise UserError(

@@ -1,44 +1,43 @@
-"""A minimal progress bar on stderr that stays quiet when stdout or stderr is not a terminal
+"""A progress bar on stderr (tqdm) that stays quiet when stdout or stderr is not a terminal
 (piped or redirected output, CI logs, ``--json`` consumers)."""
 
 from __future__ import annotations
 
 import sys
-import time
 from typing import TextIO
+
+from tqdm import tqdm
+
+
+def _is_terminal(stream: object) -> bool:
+    return bool(getattr(stream, "isatty", lambda: False)())
 
 
 class Progress:
-    """``with Progress(total, "train") as bar: bar.update(1, loss=0.3)``; silent off a TTY."""
+    """``with Progress(total, "train") as bar: bar.update(1, loss=0.3)``; silent off a TTY.
+
+    A thin wrapper over :class:`tqdm.tqdm` that adds one rule tqdm lacks: the bar is drawn only
+    when both stdout and the bar's stream are terminals, so ``--json`` output piped elsewhere and
+    CI logs stay clean.
+    """
 
     def __init__(self, total: int, desc: str = "", stream: TextIO | None = None) -> None:
-        self.total, self.desc, self.n = max(int(total), 0), desc, 0
+        self.n = 0  # steps counted so far, also while quiet (tqdm stops counting when disabled)
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = all(
-            bool(getattr(s, "isatty", lambda: False)()) for s in (sys.stdout, self.stream)
+        self.enabled = _is_terminal(sys.stdout) and _is_terminal(self.stream)
+        self._bar = tqdm(
+            total=max(int(total), 0), desc=desc, file=self.stream, disable=not self.enabled,
+            dynamic_ncols=True, mininterval=0.1,
         )
-        self.start = time.perf_counter()
-        self._last = 0.0
 
     def update(self, n: int = 1, **postfix: float) -> None:
         self.n += n
-        now = time.perf_counter()
-        if not self.enabled or (now - self._last < 0.1 and self.n < self.total):
-            return
-        self._last = now
-        width = 24
-        done = int(width * self.n / self.total) if self.total else width
-        extra = " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
-        self.stream.write(
-            f"\r{self.desc} [{'#' * done}{'.' * (width - done)}] {self.n}/{self.total} "
-            f"{now - self.start:.0f}s {extra}"
-        )
-        self.stream.flush()
+        if self.enabled and postfix:
+            self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(n)
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._bar.close()

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .errors import UserError
 from .io import atomic_write_json
 
 
@@ -67,3 +68,31 @@ def write_run_json(
 ) -> Path:
     """Write ``out_dir/run.json`` atomically and return its path."""
     return atomic_write_json(Path(out_dir) / "run.json", run_info(config, seed, device))
+
+
+def training_validation_split(
+    checkpoint: str | os.PathLike[str], val_size: int | None = None, val_seed: int | None = None
+) -> tuple[int, int]:
+    """(size, seed) of the validation split a training run held out, so it can be rebuilt with
+    :func:`robust_ebm.data.split_train_val`.
+
+    Values not given are read from the ``run.json`` beside ``checkpoint`` (``config.data.
+    val_size`` and ``config.train.seed``). UserError when neither source has them.
+    """
+    import json
+
+    size, seed = val_size, val_seed
+    run_json = Path(checkpoint).parent / "run.json"
+    if (size is None or seed is None) and run_json.is_file():
+        try:
+            cfg = json.loads(run_json.read_text()).get("config", {})
+            size = cfg.get("data", {}).get("val_size") if size is None else size
+            seed = cfg.get("train", {}).get("seed") if seed is None else seed
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    if not size or size < 1 or seed is None:
+        raise UserError(
+            "--cal-split val needs the training run's validation split: give --val-size and "
+            "--val-seed (or keep run.json beside the checkpoint), or use --cal-split train"
+        )
+    return int(size), int(seed)

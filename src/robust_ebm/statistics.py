@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .energy import free_energy, joint_energy
-from .models.modes import frozen_eval
+from .evaluation.batched import batched_logits
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -32,7 +32,6 @@ def summarize(values: Tensor) -> dict[str, float]:
     return out
 
 
-@torch.no_grad()
 def per_sample_energies(
     model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 500
 ) -> dict[str, Tensor]:
@@ -46,20 +45,16 @@ def per_sample_energies(
     Returns:
         dict of (N,) CPU tensors: ``free_energy``, ``joint_energy``, ``pred``, ``correct``.
     """
-    device = next(model.parameters()).device
-    outs: dict[str, list[Tensor]] = {k: [] for k in ("free_energy", "joint_energy", "pred")}
-    with frozen_eval(model):
-        for start in range(0, len(labels), batch_size):
-            xb = images[start : start + batch_size].to(device)
-            xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
-            yb = labels[start : start + batch_size].to(device)
-            logits = model(xb)
-            outs["free_energy"].append(free_energy(logits).cpu())
-            outs["joint_energy"].append(joint_energy(logits, yb).cpu())
-            outs["pred"].append(logits.argmax(1).cpu())
-    res = {k: torch.cat(v) for k, v in outs.items()}
-    res["correct"] = res["pred"] == labels.cpu()
-    return res
+    logits = batched_logits(model, images, labels, batch_size=batch_size).clean
+    assert logits is not None
+    y = labels.cpu()
+    pred = logits.argmax(1)
+    return {
+        "free_energy": free_energy(logits),
+        "joint_energy": joint_energy(logits, y),
+        "pred": pred,
+        "correct": pred == y,
+    }
 
 
 def clean_report(
@@ -75,52 +70,13 @@ def clean_report(
     }
 
 
-def attacked_energies(
-    model: nn.Module, images: Tensor, labels: Tensor, attack: Any, batch_size: int = 500
-) -> dict[str, Tensor]:
-    """Per-sample energies of natural x and adversarial x* = attack(model, x, y).
-
-    Energies come from the same forward passes that give the predictions.
-
-    Returns:
-        dict of (N,) CPU tensors: ``E_x``, ``E_adv`` (free energies), ``E_xy``, ``E_adv_y``
-        (joint energies at the true label), ``ce``, ``ce_adv``, ``correct``, ``correct_adv``,
-        ``pred_adv``.
-    """
-    device = next(model.parameters()).device
-    cols: dict[str, list[Tensor]] = {}
-    with frozen_eval(model):
-        for start in range(0, len(labels), batch_size):
-            xb = images[start : start + batch_size].to(device)
-            xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
-            yb = labels[start : start + batch_size].to(device)
-            x_adv = attack(model, xb, yb)
-            with torch.no_grad():
-                for tag, inp in (("", xb), ("_adv", x_adv)):
-                    logits = model(inp)
-                    e, ej = free_energy(logits), joint_energy(logits, yb)
-                    name_e = "E_x" if tag == "" else "E_adv"
-                    name_ej = "E_xy" if tag == "" else "E_adv_y"
-                    for key, val in ((name_e, e), (name_ej, ej), ("ce" + tag, ej - e),
-                                     ("correct" + tag, logits.argmax(1) == yb),
-                                     ("pred" + tag, logits.argmax(1))):
-                        cols.setdefault(key, []).append(val.detach().cpu())
-    return {k: torch.cat(v) for k, v in cols.items()}
-
-
-def attacked_report(per_sample: dict[str, Tensor]) -> dict[str, Any]:
-    """Accuracies and summaries of energies, gaps dE(x) = E(x) - E(x*) and CE."""
-    p = per_sample
-    rep: dict[str, Any] = {
-        "n": int(p["correct"].numel()),
-        "accuracy": p["correct"].double().mean().item(),
-        "accuracy_adv": p["correct_adv"].double().mean().item(),
-        "share_E_adv_below": (p["E_adv"] < p["E_x"]).double().mean().item(),
-    }
-    series = {
-        "E_x": p["E_x"], "E_adv": p["E_adv"], "E_xy": p["E_xy"], "E_adv_y": p["E_adv_y"],
-        "dE_x": p["E_x"] - p["E_adv"], "dE_xy": p["E_xy"] - p["E_adv_y"],
-        "ce": p["ce"], "ce_adv": p["ce_adv"],
-    }
-    rep.update({k: summarize(v) for k, v in series.items()})
-    return rep
+def format_clean_report(title: str, report: dict[str, Any]) -> str:
+    """Accuracy and energy summaries as a few aligned lines."""
+    lines = [f"{title}: n={report['n']}  clean accuracy {report['accuracy']:.4f}"]
+    for key, label in (("free_energy", "E(x)  "), ("joint_energy", "E(x,y)")):
+        s = report[key]
+        lines.append(
+            f"  {label} mean {s['mean']:8.3f}  std {s['std']:7.3f}  "
+            f"q05 {s['q05']:8.3f}  q50 {s['q50']:8.3f}  q95 {s['q95']:8.3f}"
+        )
+    return "\n".join(lines)

@@ -8,22 +8,22 @@
 
 from .energy_analysis import (
     DEFAULT_ATTACKS,
+    TRACKED,
     EnergyAnalysis,
     RandomNoise,
     analyze_energy,
     default_attacks,
     sweep_pgd,
-    to_float_inputs,
 )
 from .timing import TimedModel
 
 __all__ = [
     "DEFAULT_ATTACKS",
+    "TRACKED",
     "EnergyAnalysis",
     "RandomNoise",
     "TimedModel",
     "analyze_energy",
     "default_attacks",
     "sweep_pgd",
-    "to_float_inputs",
 ]

@@ -5,14 +5,13 @@ attacks, :func:`analyze_energy` runs ONE forward pass on each clean batch and ON
 batch and keeps the logits (N, K); every energy, prediction and success flag is derived from
 those logits, so no extra passes are spent (and the detector can re-read them at any T).
 
-The papers' findings this reproduces (SPEC §2): untargeted CE-type attacks lower E(x) and raise
+The papers' findings this reproduces (docs/science.md#energy-under-attack): untargeted CE-type attacks lower E(x) and raise
 E(x, y_true); targeted / margin attacks and Square move E(x) to or above clean; random noise of
 the same norm leaves E(x) unchanged (:class:`RandomNoise`, the control).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,19 +23,24 @@ from ..attacks import core
 from ..attacks.geometry import get_geometry
 from ..energy import free_energy, joint_energy
 from ..errors import UserError
+from ..evaluation.batched import batched_logits, to_unit_float
 from ..statistics import summarize
 
 __all__ = [
     "DEFAULT_ATTACKS",
     "EnergyAnalysis",
+    "TRACKED",
     "RandomNoise",
     "analyze_energy",
     "default_attacks",
     "sweep_pgd",
-    "to_float_inputs",
 ]
 
 Attack = Callable[..., Tensor]
+
+# the per-epoch record of training's energy tracking (Mirza et al. 2024, Sec. 3)
+TRACKED = ("accuracy", "accuracy_adv", "share_E_adv_below", "E_x", "E_adv", "E_xy", "E_adv_y",
+           "dE_x", "dE_xy", "ce", "ce_adv")
 
 # order of the default table; 'noise' is the same-norm random control
 DEFAULT_ATTACKS = (
@@ -133,17 +137,6 @@ def default_attacks(
     return out, notes
 
 
-def to_float_inputs(images: Tensor) -> Tensor:
-    """uint8 (N,C,H,W) -> float32 in [0,1]; float inputs are returned as they are."""
-    return images.float().div(255) if images.dtype == torch.uint8 else images
-
-
-def _model_device(model: nn.Module, x: Tensor) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return x.device
-
-
 @dataclass
 class EnergyAnalysis:
     """Logits of clean and attacked inputs; all statistics derive from them.
@@ -175,8 +168,15 @@ class EnergyAnalysis:
             "correct": pred == self.y,
         }
 
-    def report(self, name: str) -> dict[str, Any]:
-        """One attack's row: accuracy, success, energy summaries, gaps, share of E(x*) < E(x)."""
+    def report(self, name: str, fields: Sequence[str] | None = None) -> dict[str, Any]:
+        """One attack's row: accuracy, success, energy summaries, gaps, share of E(x*) < E(x).
+
+        Args:
+            name: the attack.
+            fields: keys to keep, in this order, after ``n`` (e.g. :data:`TRACKED`); None gives
+                the full row. Beyond the full row's keys, ``ce`` and ``ce_adv`` (summaries of
+                CE = E(x,y) - E(x) on x and x*) may be asked for.
+        """
         c, a = self.per_sample(None), self.per_sample(name)
         success = ~a["correct"]
         fooled = c["correct"] & ~a["correct"]
@@ -200,6 +200,10 @@ class EnergyAnalysis:
             "dE_x": summarize(d_e),
             "dE_xy": summarize(d_ey),
         }
+        if fields is not None:
+            extra = {"ce": lambda: summarize(c["E_y"] - c["E"]),
+                     "ce_adv": lambda: summarize(a["E_y"] - a["E"])}
+            return {"n": rep["n"]} | {k: rep[k] if k in rep else extra[k]() for k in fields}
         if bool(fooled.any()):
             rep["dE_x_fooled"] = summarize(d_e[fooled])
         return rep
@@ -243,47 +247,19 @@ def analyze_energy(
         batch_size: samples per attack call.
         log: called with one line per finished attack (progress), e.g. ``print``.
     """
-    x = to_float_inputs(x)
+    x = to_unit_float(x)
     core.check_inputs(x, y)
     if x.shape[0] == 0:
         raise UserError("no samples to analyse (N = 0)")
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1; got {batch_size}")
-    device = _model_device(model, x)
-    y_cpu = y.detach().cpu().long()
-    clean: list[Tensor] = []
-    adv: dict[str, list[Tensor]] = {name: [] for name in attacks}
-    seconds = dict.fromkeys(attacks, 0.0)
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].to(device)
-            yb = y[start : start + batch_size].to(device)
-            model.eval()
-            with torch.no_grad():
-                logits = model(xb)
-            core.check_logits(logits, xb.shape[0])
-            core.check_labels(yb, logits.shape[1])
-            clean.append(logits.detach().float().cpu())
-            for name, attack in attacks.items():
-                t0 = time.perf_counter()
-                x_adv = attack(model, xb, yb)
-                model.eval()
-                with torch.no_grad():
-                    adv[name].append(model(x_adv).detach().float().cpu())
-                seconds[name] += time.perf_counter() - t0
-        if log is not None:
-            for name in attacks:
-                log(f"{name}: {seconds[name]:.1f}s")
-    finally:
-        for m, training in modes:
-            m.training = training
-    return EnergyAnalysis(
-        y=y_cpu,
-        clean=torch.cat(clean),
-        adversarial={k: torch.cat(v) for k, v in adv.items()},
-        seconds=seconds,
-    )
+    res = batched_logits(model, x, y, attacks, batch_size=batch_size)
+    if log is not None:
+        for name in attacks:
+            log(f"{name}: {res.seconds[name]:.1f}s")
+    assert res.clean is not None
+    return EnergyAnalysis(y=y.detach().cpu().long(), clean=res.clean,
+                          adversarial=res.adversarial, seconds=res.seconds)
 
 
 def sweep_pgd(

@@ -41,7 +41,7 @@ def _apgd_run(
     model: nn.Module,
     objective: Objective,
     success: Success,
-    gens: list[torch.Generator],
+    streams: core.SampleStreams,
     geometry: Linf | L2,
     xs: Tensor,
     es: Tensor,
@@ -57,11 +57,8 @@ def _apgd_run(
     size_decr = max(int(0.03 * steps), 1)
     lo_hi = geometry.bounds(xs, es)
 
-    r = rows.cpu()
-    if isinstance(geometry, Linf):
-        t = 2.0 * core.draw(gens, r, shape, xs, "uniform") - 1.0
-    else:
-        t = core.draw(gens, r, shape, xs, "normal")
+    kind = "symmetric" if isinstance(geometry, Linf) else "normal"
+    t = core.draw(streams, rows, shape, xs, kind)
     x_adv = (xs + es * geometry.normalize(t)).clamp(0.0, 1.0)
 
     def grad_at(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -133,7 +130,7 @@ class APGD:
             logits other than the top one, ascend the loss's targeted form; success =
             misclassified); or True/'given', 'random', 'least_likely' (success = target hit).
         n_target_classes: classes tried by 'top' (AutoAttack standard: 9).
-        seed: per-sample generator seed; None draws OS entropy.
+        seed: seed of the per-sample random streams; None draws OS entropy.
     """
 
     eps: float | Tensor = 8 / 255
@@ -216,7 +213,7 @@ class APGD:
                 model,
                 objective,
                 success,
-                prob.gens,
+                prob.streams,
                 geometry,
                 x[rows],
                 eps[rows],

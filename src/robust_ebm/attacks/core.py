@@ -1,21 +1,20 @@
 """What every attack shares: input checks, the model context, per-sample randomness, targets.
 
-Per-sample randomness: each sample gets its own ``torch.Generator`` seeded from a hash of
-(seed, the sample's label, the sample's bytes). A sample therefore draws the same random start
-whether it is attacked alone or inside any batch, in any position, so a batch of N gives what N
-batches of 1 give; the global RNG is never touched. ``seed=None`` takes fresh OS entropy.
+Per-sample randomness: each sample draws from its own counter-based stream keyed by
+(seed, the sample's label, the sample's pixel values), computed on the device
+(:mod:`robust_ebm.attacks.streams`). A sample therefore draws the same random start whether it
+is attacked alone or inside any batch, in any position, so a batch of N gives what N batches of
+1 give; the global RNG is never touched. ``seed=None`` takes fresh OS entropy.
 """
 
 from __future__ import annotations
-
-import hashlib
-import os
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
 from ..models.modes import frozen_eval  # noqa: F401  (re-exported for attacks)
+from .streams import SampleStreams
 
 TARGET_MODES = ("given", "random", "least_likely")
 
@@ -107,43 +106,29 @@ def check_budget(eps: float | Tensor, name: str = "eps") -> None:
         raise UserError(f"{name} must be a finite number >= 0; got {eps!r}")
 
 
-def sample_generators(x: Tensor, y: Tensor, seed: int | None) -> list[torch.Generator]:
-    """One generator per sample, seeded from (seed, y_i, bytes of x_i); see module docstring."""
-    base = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed)
-    x_cpu = x.detach().to("cpu").contiguous()
-    y_cpu = y.detach().to("cpu").long()
-    gens = []
-    for i in range(x.shape[0]):
-        h = hashlib.blake2b(digest_size=8)
-        h.update(base.to_bytes(16, "little", signed=True))
-        h.update(int(y_cpu[i]).to_bytes(8, "little", signed=True))
-        h.update(x_cpu[i].numpy().tobytes())
-        g = torch.Generator(device="cpu")
-        g.manual_seed(int.from_bytes(h.digest(), "little") & ((1 << 63) - 1))
-        gens.append(g)
-    return gens
+def sample_generators(x: Tensor, y: Tensor, seed: int | None) -> SampleStreams:
+    """One random stream per sample, keyed by (seed, y_i, x_i); see the module docstring."""
+    return SampleStreams.for_batch(x, y, seed)
 
 
 def draw(
-    gens: list[torch.Generator], idx: Tensor, shape: tuple[int, ...], like: Tensor, kind: str
+    streams: SampleStreams,
+    idx: Tensor,
+    shape: tuple[int, ...],
+    like: Tensor,
+    kind: str,
+    scale: Tensor | None = None,
 ) -> Tensor:
-    """Draw (len(idx), *shape) numbers, row r from generator gens[idx[r]]: 'uniform' or 'normal'."""
-    rows = []
-    for i in idx.tolist():
-        if kind == "uniform":
-            rows.append(torch.rand(shape, generator=gens[i]))
-        else:
-            rows.append(torch.randn(shape, generator=gens[i]))
-    if not rows:
-        return like.new_zeros((0, *shape))
-    return torch.stack(rows).to(device=like.device, dtype=like.dtype)
+    """(len(idx), *shape) numbers, row r from sample idx[r]'s stream, in ``like``'s dtype and
+    device: 'uniform' on [0, 1), 'symmetric' on [-1, 1] or 'normal'; times ``scale``."""
+    return streams.draw(idx, shape, like, kind, scale)
 
 
 def choose_targets(
     mode: str,
     logits_clean: Tensor,
     y: Tensor,
-    gens: list[torch.Generator],
+    streams: SampleStreams,
     targets: Tensor | None,
 ) -> Tensor:
     """Targets for targeted mode: 'given' (the ``targets=`` argument), 'random' (uniform over
@@ -160,10 +145,8 @@ def choose_targets(
     if k < 2:
         raise UserError("targeted attacks need at least 2 classes")
     if mode == "random":
-        offs = torch.stack([torch.randint(1, k, (), generator=g) for g in gens]) if n else None
-        if offs is None:
-            return y.clone()
-        return (y + offs.to(y.device)) % k
+        offsets = streams.integers(torch.arange(n, device=y.device), 1, k)
+        return (y + offsets.to(y.device)) % k
     if mode == "least_likely":
         return logits_clean.argmin(dim=1)
     raise UserError(f"unknown targeted mode {mode!r}; choose one of: {', '.join(TARGET_MODES)}")

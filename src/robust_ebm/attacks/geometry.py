@@ -16,6 +16,8 @@ from torch import Tensor
 
 from ..errors import UserError
 
+Sampler = Callable[[str, Tensor | None], Tensor]  # (kind, scale or None) -> noise shaped like x
+
 
 def _flat_norm(t: Tensor) -> Tensor:
     """Per-sample L2 norm, shape (N, 1, ..., 1)."""
@@ -28,9 +30,10 @@ class Linf:
 
     name: str = "linf"
 
-    def init(self, sample: Callable[[str], Tensor], eps: Tensor) -> Tensor:
-        """``sample('uniform'|'normal')`` draws per-sample noise shaped like x."""
-        return (2.0 * sample("uniform") - 1.0) * eps
+    def init(self, sample: Sampler, eps: Tensor) -> Tensor:
+        """A random delta in the ball: ``sample(kind, scale)`` draws per-sample noise shaped
+        like x ('uniform' on [0, 1), 'symmetric' on [-1, 1], 'normal'), times scale."""
+        return sample("symmetric", eps)
 
     def step(self, grad: Tensor, step_size: Tensor) -> Tensor:
         return step_size * grad.sign()
@@ -60,10 +63,10 @@ class L2:
 
     name: str = "l2"
 
-    def init(self, sample: Callable[[str], Tensor], eps: Tensor) -> Tensor:
-        direction = self.normalize(sample("normal"))
+    def init(self, sample: Sampler, eps: Tensor) -> Tensor:
+        direction = self.normalize(sample("normal", None))
         # radius r * eps, r uniform in [0, 1] (first uniform draw of each sample)
-        u = sample("uniform")
+        u = sample("uniform", None)
         r = u.flatten(1)[:, :1].view(-1, *([1] * (u.dim() - 1)))
         return direction * r * eps
 
@@ -88,7 +91,7 @@ class L2:
         return delta.flatten(1).norm(dim=1)
 
 
-GEOMETRIES = {"linf": Linf(), "l2": L2()}
+GEOMETRIES: dict[str, Linf | L2] = {"linf": Linf(), "l2": L2()}
 
 
 def get_geometry(norm: str) -> Linf | L2:

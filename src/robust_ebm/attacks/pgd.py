@@ -1,7 +1,7 @@
 """The one gradient loop: projected gradient ascent on any per-sample loss of the logits.
 
 PGD (Madry et al. 2018, arXiv 1706.06083) is the engine; FGSM, CW-margin PGD, TRADES-KL PGD,
-energy attacks and HE-PGD (Beadini & Masi, arXiv 2304.04033) are the same loop with another
+energy attacks and HE-PGD (Beadini & Masi 2023, arXiv 2304.04033) are the same loop with another
 loss or start. The loop is geometry-agnostic (:mod:`robust_ebm.attacks.geometry`).
 """
 
@@ -68,7 +68,7 @@ class Problem:
     targets: Tensor | None  # (N,) in targeted mode
     objective: Objective
     success: Success
-    gens: list[torch.Generator]
+    streams: core.SampleStreams  # one random stream per sample
     logits_clean: Tensor | None
 
 
@@ -89,7 +89,7 @@ def prepare(
         raise UserError(f"targets=... was passed but the attack's targeted mode is {targeted!r}")
     xw = x.detach().to(core.work_dtype(model, x))
     y = y.detach().to(x.device).long()
-    gens = core.sample_generators(xw, y, seed)
+    streams = core.sample_generators(xw, y, seed)
     needs_nat = bool(getattr(loss, "needs_natural_logits", False))
     logits_clean = None
     if needs_nat or targeted in ("random", "least_likely") or targeted == "given":
@@ -102,7 +102,7 @@ def prepare(
         if needs_nat:
             raise UserError("the trades_kl loss has no targeted form")
         assert logits_clean is not None
-        t = core.choose_targets(targeted, logits_clean, y, gens, targets)
+        t = core.choose_targets(targeted, logits_clean, y, streams, targets)
         tgt_form = getattr(loss, "targeted", None)
         if tgt_form is None:
 
@@ -133,7 +133,7 @@ def prepare(
         def success(logits: Tensor, idx: Tensor | None) -> Tensor:
             return logits.argmax(dim=1) != _sel(y, idx)
 
-    return Problem(xw, y, t, objective, success, gens, logits_clean)
+    return Problem(xw, y, t, objective, success, streams, logits_clean)
 
 
 def check_loss_output(value: Tensor, n: int) -> None:
@@ -144,112 +144,214 @@ def check_loss_output(value: Tensor, n: int) -> None:
         )
 
 
+@dataclass
+class BestRecord:
+    """Per sample, the best adversarial point found so far over restarts.
+
+    A point that succeeds beats one that does not; between two that agree on success the
+    higher loss wins.
+    """
+
+    x_adv: Tensor  # (N, ...) work dtype
+    loss: Tensor  # (N,) objective at x_adv; -inf before any run
+    success: Tensor  # (N,) bool
+
+    @classmethod
+    def start_at(cls, x: Tensor) -> BestRecord:
+        n = x.shape[0]
+        return cls(
+            x_adv=x.clone(),
+            loss=torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype),
+            success=torch.zeros(n, dtype=torch.bool, device=x.device),
+        )
+
+    def update(self, rows: Tensor, x_adv: Tensor, loss: Tensor, success: Tensor) -> None:
+        """Offer ``x_adv`` (len(rows), ...) with its ``loss`` and ``success`` for ``rows``."""
+        old_success, old_loss = self.success[rows], self.loss[rows]
+        better = (success & ~old_success) | ((success == old_success) & (loss > old_loss))
+        improved = rows[better]
+        self.x_adv[improved] = x_adv[better]
+        self.loss[improved] = loss[better]
+        self.success[improved] = success[better]
+
+
+@dataclass
+class EarlyStops:
+    """Samples that stopped moving at a successful iterate, and the loss they had there."""
+
+    stopped: Tensor  # (n,) bool
+    loss: Tensor  # (n,) -inf where not stopped
+
+    @classmethod
+    def none(cls, n: int, like: Tensor) -> EarlyStops:
+        return cls(
+            stopped=torch.zeros(n, dtype=torch.bool, device=like.device),
+            loss=torch.full((n,), float("-inf"), device=like.device, dtype=like.dtype),
+        )
+
+
+def starting_point(
+    prob: Problem,
+    geometry: Linf | L2,
+    *,
+    x: Tensor,
+    eps: Tensor,
+    bounds: tuple[Tensor, Tensor],
+    rows: Tensor,
+    start: str,
+    start_std: float,
+    clip_start: bool = True,
+) -> Tensor:
+    """The first iterate for samples ``rows`` (positions in the batch) whose inputs are ``x``.
+
+    start: 'none' (x itself), 'uniform' (the geometry's random start in the ball) or 'normal'
+    (x + start_std * N(0, 1), TRADES); each drawn from the samples' own random streams.
+    ``clip_start=False`` leaves the random start unprojected (the published TRADES/MART/WEAT
+    start: the first gradient is taken outside the box); every step still projects.
+    """
+    if start == "none":
+        return x.clone()
+    shape = tuple(x.shape[1:])
+
+    def sample(kind: str, scale: Tensor | None = None) -> Tensor:
+        return core.draw(prob.streams, rows, shape, x, kind, scale)
+
+    if start == "uniform":
+        delta = geometry.init(sample, eps)
+    else:
+        delta = sample("normal", None) * start_std
+    x_start = delta.add_(x)  # x + delta, without a new tensor
+    return geometry.project_bounds(x_start, *bounds) if clip_start else x_start
+
+
+def loss_and_gradient(
+    model: nn.Module, prob: Problem, x_adv: Tensor, which: Tensor | None, *, validate: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Objective of samples ``which`` (None: all) at ``x_adv`` and its input gradient.
+
+    Returns (gradient, logits, loss), the last two detached. ``validate`` checks the model's
+    output and the loss's shape (done once per attack call).
+    """
+    x_adv = x_adv.requires_grad_(True)
+    logits = model(x_adv)
+    if validate:
+        core.check_logits(logits.detach(), x_adv.shape[0])
+        core.check_labels(prob.y, logits.shape[1])
+    loss = prob.objective(logits, which)
+    if validate:
+        check_loss_output(loss, x_adv.shape[0])
+    (gradient,) = torch.autograd.grad(loss.sum(), x_adv)
+    return gradient, logits.detach(), loss.detach()
+
+
+def ascend(
+    model: nn.Module,
+    prob: Problem,
+    geometry: Linf | L2,
+    *,
+    x_adv: Tensor,
+    bounds: tuple[Tensor, Tensor],
+    step_size: Tensor,
+    rows: Tensor,
+    which: Tensor | None,
+    steps: int,
+    early_stop: bool,
+    validate: bool,
+) -> tuple[Tensor, EarlyStops]:
+    """``steps`` projected gradient steps from ``x_adv`` for the samples ``rows``.
+
+    ``which`` is what the objective selects with (None when ``rows`` is the whole batch).
+    With ``early_stop`` a sample that succeeds keeps the iterate just evaluated and leaves the
+    moving set; the loop ends when none moves. Returns the last iterate and the early stops.
+    """
+    stops = EarlyStops.none(x_adv.shape[0], x_adv)
+    moving: Tensor | None = None  # local positions still moving; None = all (the fast path)
+    for _ in range(steps):
+        x_moving = x_adv if moving is None else x_adv[moving]
+        which_moving = which if moving is None else rows[moving]
+        gradient, logits, loss = loss_and_gradient(
+            model, prob, x_moving, which_moving, validate=validate
+        )
+        validate = False
+        x_moving = x_moving.detach()
+        if early_stop:
+            success = prob.success(logits, which_moving)
+            still = ~success
+            gradient = gradient * still.view(-1, *([1] * (x_adv.dim() - 1))).to(gradient.dtype)
+        step = step_size if moving is None else step_size[moving]
+        local_bounds = bounds if moving is None else (bounds[0][moving], bounds[1][moving])
+        x_next = geometry.project_bounds(x_moving + geometry.step(gradient, step), *local_bounds)
+        x_adv = x_next if moving is None else x_adv.index_copy(0, moving, x_next)
+        if early_stop and bool(success.any()):
+            here = torch.arange(x_adv.shape[0], device=x_adv.device) if moving is None else moving
+            # successful samples keep the iterate just evaluated (their gradient was zeroed)
+            stops.stopped[here[success]] = True
+            stops.loss[here[success]] = loss[success]
+            moving = here[still]
+            if moving.numel() == 0:
+                break
+    return x_adv, stops
+
+
 def gradient_ascent(
     model: nn.Module,
     prob: Problem,
+    *,
     geometry: Linf | L2,
     eps: Tensor,
     step_size: Tensor,
     steps: int,
-    init: str,
-    init_std: float,
-    restarts: int,
-    early_stop: bool,
+    start: str = "uniform",
+    start_std: float = 0.0,
+    restarts: int = 1,
+    early_stop: bool = False,
     clip_start: bool = True,
 ) -> Tensor:
-    """The PGD loop. Returns x_adv in the work dtype.
+    """The PGD loop (Madry et al., arXiv 1706.06083). Returns x_adv in the work dtype.
 
-    init: 'none' (start at x), 'uniform' (geometry's random start in the ball) or 'normal'
-    (x + init_std * N(0, 1), TRADES). Each restart re-draws the start for samples not yet
-    successful; per sample the kept result is the successful one, else the highest-loss one.
-    ``clip_start=False`` leaves the random start unprojected (the published TRADES/MART/WEAT
-    start: the first gradient is taken outside the box); every step still projects.
-    With early_stop a sample stops moving at the first iterate that succeeds.
+    Args:
+        model: the classifier, already frozen in eval mode (inside ``core.frozen_eval``).
+        prob: the call's prepared state (:func:`prepare`).
+        geometry: threat model (init, step, projection).
+        eps, step_size: (N, 1, ..., 1) budgets in pixel units.
+        steps: gradient steps per run.
+        start: 'none', 'uniform' or 'normal' (see :func:`starting_point`).
+        start_std: the standard deviation of the 'normal' start.
+        restarts: runs; each after the first re-draws the start for samples not yet
+            successful. Per sample the kept result is the successful one, else the
+            highest-loss one.
+        early_stop: a sample stops moving at the first iterate that succeeds.
+        clip_start: project the random start (see :func:`starting_point`).
     """
-    x, n = prob.x, prob.x.shape[0]
-    shape = tuple(x.shape[1:])
-    best = x.clone()
-    best_loss = torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype)
-    best_ok = torch.zeros(n, dtype=torch.bool, device=x.device)
-    need_final = restarts > 1 or early_stop
-    checked = False
+    x = prob.x
+    everyone = torch.arange(x.shape[0], device=x.device)
+    best = BestRecord.start_at(x)
     for restart in range(restarts):
-        if restart == 0:
-            idx: Tensor | None = None
-            xs, es, ss = x, eps, step_size
-        else:
-            idx = (~best_ok).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            xs, es, ss = x[idx], eps[idx], step_size[idx]
-        rows = torch.arange(n, device=x.device) if idx is None else idx
-        bounds = geometry.bounds(xs, es)
-        if init == "none":
-            x_adv = xs.clone()
-        else:
-
-            def sample(kind: str, rows: Tensor = rows, like: Tensor = xs) -> Tensor:
-                return core.draw(prob.gens, rows.cpu(), shape, like, kind)
-
-            if init == "uniform":
-                x_adv = xs + geometry.init(sample, es)
-            else:
-                x_adv = xs + init_std * sample("normal")
-            if clip_start:
-                x_adv = geometry.project_bounds(x_adv, *bounds)
-        # act: local positions (in xs) still moving; None = all of them (the fast path)
-        act: Tensor | None = None
-        frozen_loss = torch.full((xs.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
-        frozen_ok = torch.zeros(xs.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(steps):
-            gidx = idx if act is None else rows[act]
-            xa = (x_adv if act is None else x_adv[act]).requires_grad_(True)
-            logits = model(xa)
-            if not checked:
-                core.check_logits(logits.detach(), xa.shape[0])
-                core.check_labels(prob.y, logits.shape[1])
-            value = prob.objective(logits, gidx)
-            if not checked:
-                check_loss_output(value, xa.shape[0])
-                checked = True
-            (grad,) = torch.autograd.grad(value.sum(), xa)
-            xa = xa.detach()
-            if early_stop:
-                ok = prob.success(logits.detach(), gidx)
-                moving = ~ok
-                grad = grad * moving.view(-1, *([1] * len(shape))).to(grad.dtype)
-            loc_bounds = bounds if act is None else tuple(b[act] for b in bounds)
-            s = ss if act is None else ss[act]
-            new = geometry.project_bounds(xa + geometry.step(grad, s), *loc_bounds)
-            if act is None:
-                x_adv = new
-            else:
-                x_adv = x_adv.index_copy(0, act, new)
-            if early_stop:
-                here = torch.arange(xs.shape[0], device=x.device) if act is None else act
-                if bool(ok.any()):
-                    # successful samples keep the iterate just evaluated (grad was zeroed)
-                    frozen_ok[here[ok]] = True
-                    frozen_loss[here[ok]] = value.detach()[ok]
-                    act = here[moving]
-                    if act.numel() == 0:
-                        break
-        if not need_final:
-            return x_adv
+        which = None if restart == 0 else (~best.success).nonzero().squeeze(1)
+        if which is not None and which.numel() == 0:
+            break
+        rows = everyone if which is None else which
+        x_run, eps_run, step_run = (
+            (x, eps, step_size) if which is None else (x[which], eps[which], step_size[which])
+        )
+        bounds = geometry.bounds(x_run, eps_run)
+        x_adv = starting_point(
+            prob, geometry, x=x_run, eps=eps_run, bounds=bounds, rows=rows,
+            start=start, start_std=start_std, clip_start=clip_start,
+        )  # fmt: skip
+        x_adv, stops = ascend(
+            model, prob, geometry, x_adv=x_adv, bounds=bounds, step_size=step_run, rows=rows,
+            which=which, steps=steps, early_stop=early_stop, validate=restart == 0,
+        )  # fmt: skip
+        if restarts == 1 and not early_stop:
+            return x_adv  # the last iterate is the result: no final evaluation needed
         with torch.no_grad():
             logits = model(x_adv)
-            fin_loss = prob.objective(logits, idx).detach()
-            fin_ok = prob.success(logits, idx)
-        fin_loss = torch.where(frozen_ok, frozen_loss, fin_loss)
-        fin_ok = fin_ok | frozen_ok
-        prev_ok = best_ok[rows]
-        prev_loss = best_loss[rows]
-        better = (fin_ok & ~prev_ok) | ((fin_ok == prev_ok) & (fin_loss > prev_loss))
-        upd = rows[better]
-        best[upd] = x_adv[better]
-        best_loss[upd] = fin_loss[better]
-        best_ok[upd] = fin_ok[better]
-    return best
+            loss = prob.objective(logits, which).detach()
+            success = prob.success(logits, which)
+        loss = torch.where(stops.stopped, stops.loss, loss)
+        best.update(rows, x_adv, loss, success | stops.stopped)
+    return best.x_adv
 
 
 def finish(x: Tensor, x_adv: Tensor, geometry: Linf | L2, eps: Tensor) -> Tensor:
@@ -282,7 +384,7 @@ class PGD:
         restarts: runs with fresh starts for samples not yet fooled; keeps each sample's best.
         targeted: False, True/'given' (pass targets=), 'random' or 'least_likely'.
         early_stop: stop moving a sample at its first successful iterate.
-        seed: seed of the per-sample generators (see :mod:`robust_ebm.attacks.core`);
+        seed: seed of the per-sample random streams (:mod:`robust_ebm.attacks.streams`);
             None draws fresh OS entropy.
     """
 
@@ -322,21 +424,21 @@ class PGD:
             if prob.x.shape[0] == 0:
                 return x.detach().clone()
             if self.init_std is not None:
-                init = "normal"
+                start = "normal"
             else:
-                init = "uniform" if self.random_start else "none"
+                start = "uniform" if self.random_start else "none"
             x_adv = gradient_ascent(
                 model,
                 prob,
-                geometry,
-                eps,
-                step,
-                self.steps,
-                init,
-                float(self.init_std or 0.0),
-                self.restarts,
-                self.early_stop,
-                self.clip_start,
+                geometry=geometry,
+                eps=eps,
+                step_size=step,
+                steps=self.steps,
+                start=start,
+                start_std=float(self.init_std or 0.0),
+                restarts=self.restarts,
+                early_stop=self.early_stop,
+                clip_start=self.clip_start,
             )
         return finish(x, x_adv, geometry, eps)
 
@@ -345,4 +447,15 @@ def field_names(cls: type) -> set[str]:
     return {f.name for f in fields(cls)}
 
 
-__all__ = ["PGD", "NamedLoss", "Problem", "gradient_ascent", "prepare"]
+__all__ = [
+    "PGD",
+    "BestRecord",
+    "EarlyStops",
+    "NamedLoss",
+    "Problem",
+    "ascend",
+    "gradient_ascent",
+    "loss_and_gradient",
+    "prepare",
+    "starting_point",
+]

@@ -24,7 +24,7 @@ import inspect
 import logging
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +67,7 @@ def _seeded(seed: int | None) -> Any:
             if seed is not None:
                 torch.manual_seed(int(seed))
 
-        def __exit__(self, *exc: object) -> None:
+        def __exit__(self, *exc: Any) -> None:
             ctx.__exit__(*exc)
 
     return _Ctx()
@@ -133,7 +133,7 @@ class TorchAttacks:
         bad = sorted(set(kw) - set(params))
         if bad:
             raise UserError(f"torchattacks.{self.attack} takes no argument(s) {', '.join(bad)}")
-        return cls(model, **kw)
+        return cast(Any, cls)(model, **kw)  # inspect.isclass narrows it to type[object]
 
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, targets: Tensor | None = None

@@ -1,5 +1,8 @@
 """Named attacks: ``make_attack(name, **hyperparameters)`` and ``@register_attack(name)``.
 
+Registration flags: ``reference=True`` marks adapters of other libraries (AutoAttack,
+torchattacks), which need optional packages; ``requires`` names that package.
+
 Hyperparameters that are fields of the attack's dataclass go to it; the rest are parameters of
 its loss (``kappa``, ``gamma``, ``temperature``), e.g. ``make_attack("apgd", loss="he",
 gamma=1.5)``. Unknown names raise a UserError listing the choices.
@@ -21,9 +24,12 @@ Attack = Callable[..., Any]
 ATTACKS: Registry[Callable[..., Attack]] = Registry("attack")
 
 
-def register_attack(name: str) -> Callable[[Callable[..., Attack]], Callable[..., Attack]]:
-    """Register a factory ``fn(**hyperparameters) -> attack`` under ``name``."""
-    return ATTACKS.register(name)
+def register_attack(
+    name: str, **flags: Any
+) -> Callable[[Callable[..., Attack]], Callable[..., Attack]]:
+    """Register a factory ``fn(**hyperparameters) -> attack`` under ``name``, with metadata
+    ``flags`` (see the module docstring)."""
+    return ATTACKS.register(name, **flags)
 
 
 def list_attacks() -> list[str]:
@@ -132,14 +138,14 @@ def _apgd_t(**hp: Any) -> Attack:
     return _build(APGD, {"loss": "dlr", "targeted": "top"}, hp)
 
 
-@register_attack("autoattack")
+@register_attack("autoattack", reference=True, requires="autoattack")
 def _autoattack(**hp: Any) -> Attack:
     if "attacks" in hp and hp["attacks"] is not None:
         hp = {"version": "custom", **hp, "attacks": tuple(hp["attacks"])}
     return AutoAttack(**hp)
 
 
-@register_attack("torchattacks")
+@register_attack("torchattacks", reference=True, requires="torchattacks")
 def _torchattacks(attack: str = "PGD", **hp: Any) -> Attack:
     own = {"eps", "norm", "seed"}
     kwargs = {k: v for k, v in hp.items() if k not in own}
@@ -167,11 +173,9 @@ for _name, (_cls, _norm) in {
     "ta_fgsm": ("FGSM", "linf"),
     "ta_autoattack": ("AutoAttack", "linf"),
 }.items():
-    register_attack(_name)(_ta(_cls, _norm))
+    register_attack(_name, reference=True, requires="torchattacks")(_ta(_cls, _norm))
 
 # attacks that need optional packages (skipped by the invariant tests when missing)
-REFERENCE_ATTACKS = frozenset(
-    {"autoattack", "torchattacks"} | {n for n in ATTACKS.names() if n.startswith("ta_")}
-)
+REFERENCE_ATTACKS = frozenset(ATTACKS.names(reference=True))
 
-__all__ = ["REFERENCE_ATTACKS", "list_attacks", "make_attack", "register_attack"]
+__all__ = ["ATTACKS", "REFERENCE_ATTACKS", "list_attacks", "make_attack", "register_attack"]

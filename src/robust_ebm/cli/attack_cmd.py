@@ -1,8 +1,10 @@
-"""``robust-ebm attack``: robust accuracy of a checkpoint under an attack cascade.
+"""``robust-ebm attack``: robust accuracy of a checkpoint under an attack cascade, and
+``robust-ebm merge-attacks``: one report from shards of such a run.
 
-Writes to --out: ``adversarial.safetensors`` (x_adv float32 (N,C,H,W), y, index into the
-split, robust and clean_correct as uint8), ``robustness.json`` (the per-attack table, sanity
-checks, clean accuracy on the same points) and ``run.json`` (provenance). All writes atomic.
+``attack`` writes to --out the files of :func:`robust_ebm.evaluation.write_attack_run`
+(``adversarial.safetensors``, ``robustness.json``) and ``run.json``; under torchrun the points
+are sharded over the ranks and rank 0 writes (docs/scale.md); ``merge-attacks`` those of
+:func:`robust_ebm.evaluation.merge_attack_runs`. All writes atomic.
 """
 
 from __future__ import annotations
@@ -12,149 +14,93 @@ from typing import Any
 
 import torch
 
+from ..distributed_eval import rank_device
 from ..errors import UserError
-from ..io import atomic_write, atomic_write_json
 from .common import (
     add_common_args,
-    config_of,
+    add_model_args,
     emit,
     float_batch,
-    load_model_and_split,
+    model_and_split,
     nonnegative_float,
     nonnegative_int,
-    output_dir,
     positive_int,
     resolve_device,
+    start_run,
 )
+from .scale_args import add_fast_args, fast_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "attack",
-        help="robust accuracy under an attack cascade; saves adversarial examples",
+        "attack", help="robust accuracy under an attack cascade; saves adversarial examples",
         description="Run attacks as a cascade (only still-robust points go on) and report "
         "per-attack and worst-case robust accuracy with clean accuracy on the same points.",
     )
-    p.add_argument("--checkpoint", required=True, help="a robust-ebm .safetensors checkpoint")
+    add_model_args(p)
     add_common_args(p)
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--n", type=positive_int, default=1000, help="use N samples (the first N)")
-    p.add_argument(
-        "--start",
-        type=nonnegative_int,
-        default=0,
-        help="index of the first sample (default 0): with --n, samples [START, START+N); "
-        "shards of one evaluation can run apart and be merged with scripts/merge_attacks.py",
-    )
-    p.add_argument(
-        "--attacks",
-        default="apgd_ce,apgd_t",
-        help="comma-separated names (see docs/attacks.md), e.g. pgd,apgd_ce",
-    )
-    p.add_argument(
-        "--eps",
-        type=nonnegative_float,
-        required=True,
-        help="budget in pixel units of [0,1] images, e.g. 0.1 or 0.0314",
-    )
+    p.add_argument("--start", type=nonnegative_int, default=0,
+                   help="index of the first sample (default 0): with --n, samples [START, "
+                        "START+N); shards of one evaluation can run apart and be merged with "
+                        "'robust-ebm merge-attacks'")
+    p.add_argument("--attacks", default="apgd_ce,apgd_t",
+                   help="comma-separated names (see docs/attacks.md), e.g. pgd,apgd_ce")
+    p.add_argument("--eps", type=nonnegative_float, required=True,
+                   help="budget in pixel units of [0,1] images, e.g. 0.1 or 0.0314")
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    p.add_argument(
-        "--steps",
-        type=positive_int,
-        default=None,
-        help="iterations for attacks that take steps (default: each attack's own)",
-    )
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="iterations for attacks that take steps (default: each attack's own)")
     p.add_argument("--batch-size", type=positive_int, default=500)
-    p.add_argument(
-        "--sanity",
-        action="store_true",
-        help="also run the gradient-masking sanity checks (on up to 200 points)",
-    )
+    p.add_argument("--sanity", action="store_true",
+                   help="also run the gradient-masking sanity checks (on up to 200 points)")
+    add_fast_args(p)
     p.set_defaults(func=run)
 
-
-def _hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
-    hp: dict[str, Any] = {"eps": args.eps, "norm": args.norm, "seed": args.seed}
-    if args.steps is not None:
-        hp["steps"] = args.steps
-    return hp
-
-
-def _build_attacks(names: list[str], hp: dict[str, Any]) -> list[tuple[str, Any]]:
-    from ..attacks import make_attack
-    from ..attacks.registry import REFERENCE_ATTACKS
-
-    out = []
-    for name in names:
-        kw = dict(hp)
-        if name in REFERENCE_ATTACKS or name == "fgsm":
-            kw.pop("steps", None)  # those attacks name their iterations differently or fix them
-        out.append((name, make_attack(name, **kw)))
-    return out
+    m = sub.add_parser(
+        "merge-attacks", help="merge shards of one 'attack' run (--start/--n) into one report",
+        description="Check that the shard folders attacked the same checkpoint, data, budget "
+        "and attacks on disjoint points, and write the report the single run would have written.")
+    m.add_argument("out", help="folder for the merged adversarial.safetensors and robustness.json")
+    m.add_argument("shards", nargs="+", help="the --out folders of the shards (two or more)")
+    m.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    m.set_defaults(func=run_merge)
 
 
 def run(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
-
-    from ..evaluation import evaluate_robustness, sanity_checks
-    from ..provenance import write_run_json
+    from ..evaluation import build_attacks, write_attack_run
 
     names = [a.strip() for a in str(args.attacks).split(",") if a.strip()]
     if not names:
         raise UserError("--attacks is empty; give e.g. --attacks pgd,apgd_ce")
-    attacks = _build_attacks(names, _hyperparameters(args))  # bad names fail before loading
-    device = resolve_device(args.device)
-    model, ds = load_model_and_split(args.checkpoint, args.dataset, args.split, args.data_dir,
-                                     args.n, device, start=args.start)
+    hp: dict[str, Any] = {"eps": args.eps, "norm": args.norm, "seed": args.seed}
+    if args.steps is not None:
+        hp["steps"] = args.steps
+    attacks = build_attacks(names, hp)  # bad names fail before loading
+    device = rank_device(resolve_device(args.device))  # under torchrun: this rank's GPU
+    model, ds = model_and_split(args, args.split, args.n, args.start)
     n = len(ds)
-    index = torch.arange(args.start, args.start + n)
     x, y = float_batch(ds, device)
-    out = output_dir(args, "attack")
-    write_run_json(out, config_of(args), args.seed, device)
-
-    report = evaluate_robustness(model, (x, y), attacks, batch_size=args.batch_size)
-    if args.sanity:
-        m = min(200, n)
-        report.sanity = sanity_checks(
-            model,
-            x[:m],
-            y[:m],
-            eps=args.eps,
-            norm=args.norm,
-            white_box_accuracy=float(report.robust[:m].float().mean()) if m else None,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
-
-    tensors = {
-        "x_adv": report.x_adv.detach().float().cpu().contiguous(),
-        "y": y.cpu().contiguous(),
-        "index": index.contiguous(),
-        "robust": report.robust.to(torch.uint8).cpu().contiguous(),
-        "clean_correct": report.clean_correct.to(torch.uint8).cpu().contiguous(),
-    }
-    meta = {
-        "attacks": ",".join(names),
-        "eps": str(args.eps),
-        "norm": args.norm,
-        "dataset": str(args.dataset),
-        "split": args.split,
-    }
-    atomic_write(
-        out / "adversarial.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta)
-    )
-    result = report.to_dict() | {
-        "checkpoint": str(args.checkpoint),
-        "dataset": args.dataset,
-        "split": args.split,
-        "start": args.start,
-        "eps": args.eps,
-        "norm": args.norm,
-        "attacks_requested": names,
-        "fooled_by": report.fooled_by,
-        "out": str(out),
-    }
-    atomic_write_json(out / "robustness.json", result)
-    text = f"{args.dataset}/{args.split} [{args.start}, {args.start + n}) eps={args.eps:g} ({args.norm})\n" + report.table()
+    out = start_run(args, "attack", device)
+    done = write_attack_run(
+        fast_model(model, args), x, y, attacks, out, index=torch.arange(args.start, args.start + n),
+        eps=args.eps, norm=args.norm, seed=args.seed, batch_size=args.batch_size, sanity=args.sanity,
+        meta={"checkpoint": str(args.checkpoint), "dataset": args.dataset,
+              "split": args.split, "start": args.start})
+    if done is None:  # a torchrun rank other than 0: rank 0 wrote the merged run
+        return 0
+    result, report = done
+    text = (f"{args.dataset}/{args.split} [{args.start}, {args.start + n}) eps={args.eps:g} "
+            f"({args.norm})\n" + report.table())
     emit(result, args.json, text + f"\nsaved to {out}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from ..evaluation import merge_attack_runs
+
+    rep = merge_attack_runs(args.shards, args.out)
+    emit(rep, args.json, f"n={rep['n']} clean {rep['clean_accuracy']:.4f} robust "
+                         f"{rep['robust_accuracy']:.4f} -> {args.out}")
     return 0

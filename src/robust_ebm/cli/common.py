@@ -1,9 +1,11 @@
-"""Helpers shared by the subcommands: devices, output folders, result printing."""
+"""Helpers shared by the subcommands: argument types, model and data loading, devices, output
+folders, result printing."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +13,17 @@ from typing import Any
 
 import torch
 
+from ..distributed_eval import is_main
 from ..errors import UserError
+from ..loading import (  # noqa: F401  (used by commands)
+    float_batch,
+    load_model_and_split,
+    model_and_split,
+    model_from_args,
+    parse_arch_args,
+    resolve_device,
+)
+from ..statistics import format_clean_report as format_report  # noqa: F401  (used by commands)
 
 
 def _int_at_least(text: str, low: int) -> int:
@@ -42,10 +54,20 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = nonnegative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
 def add_common_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     if data:
-        p.add_argument("--dataset", default="fashion_mnist",
-                       help="dataset name (see 'robust-ebm data list') or a .npz file")
+        # commands that read a checkpoint default to its own dataset (see add_model_args)
+        own = p.get_default("dataset_from_checkpoint")
+        p.add_argument("--dataset", default=None if own else "fashion_mnist",
+                       help="dataset name (see 'robust-ebm data list') or a .npz file"
+                       + (" (default: the checkpoint's own)" if own else ""))
         p.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
@@ -54,19 +76,7 @@ def add_common_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available; use --device cpu")
-    return dev
-
-
-def output_dir(args: argparse.Namespace, command: str) -> Path:
+def output_dir(args: argparse.Namespace, command: str, create: bool = True) -> Path:
     if args.out:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
@@ -74,7 +84,19 @@ def output_dir(args: argparse.Namespace, command: str) -> Path:
     else:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{command}-{stamp}"
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def start_run(args: argparse.Namespace, command: str, device: torch.device) -> Path:
+    """The output folder with ``run.json`` written. Under torchrun only rank 0 creates and
+    writes it; the other ranks get the path and write nothing (docs/scale.md)."""
+    from ..provenance import write_run_json
+
+    out = output_dir(args, command, create=is_main())
+    if is_main():
+        write_run_json(out, config_of(args), args.seed, device)
     return out
 
 
@@ -92,60 +114,54 @@ def emit(result: dict[str, Any], as_json: bool, text: str) -> None:
         sys.stdout.write(text.rstrip("\n") + "\n")
 
 
-def format_report(title: str, report: dict[str, Any]) -> str:
-    """Accuracy and energy summaries as a few aligned lines."""
-    lines = [f"{title}: n={report['n']}  clean accuracy {report['accuracy']:.4f}"]
-    for key, label in (("free_energy", "E(x)  "), ("joint_energy", "E(x,y)")):
-        s = report[key]
-        lines.append(
-            f"  {label} mean {s['mean']:8.3f}  std {s['std']:7.3f}  "
-            f"q05 {s['q05']:8.3f}  q50 {s['q50']:8.3f}  q95 {s['q95']:8.3f}"
-        )
-    return "\n".join(lines)
+def parse_names(text: str, flag: str) -> list[str]:
+    """A comma-separated list of names; UserError naming ``flag`` when it is empty."""
+    names = [a.strip() for a in str(text).split(",") if a.strip()]
+    if not names:
+        raise UserError(f"{flag} is empty; give a comma-separated list")
+    return names
 
 
-def load_model_and_split(
-    checkpoint: str, dataset: str, split: str, data_dir: str | None, n: int | None,
-    device: torch.device, arch: str | None = None, num_classes: int | None = None,
-    start: int = 0,
-) -> tuple[Any, Any]:
-    """Load a checkpoint (eval mode, on ``device``) and ``n`` samples of a split from index
-    ``start`` on (``n=None``: to the end).
-
-    ``arch`` (with optional ``num_classes``, default the dataset's) opens a foreign state dict
-    through :func:`robust_ebm.checkpoint.load_model`. Raises UserError when the channels or the
-    label range do not fit the model.
-    """
-    from ..checkpoint import load_model
-    from ..data import load_dataset
-
-    ds = load_dataset(dataset, split, data_dir)
-    if arch:
-        model = load_model(checkpoint, map_location=device, name=arch,
-                           num_classes=num_classes or ds.num_classes, in_channels=ds.shape[0])
-    else:
-        model = load_model(checkpoint, map_location=device)
-    if ds.shape[0] != model.arch["in_channels"]:
-        raise UserError(
-            f"checkpoint expects {model.arch['in_channels']}-channel images but {dataset} has "
-            f"{ds.shape[0]}; use the dataset the model was trained on"
-        )
-    if ds.num_classes > model.arch["num_classes"]:
-        raise UserError(
-            f"{dataset} has {ds.num_classes} classes but the model predicts "
-            f"{model.arch['num_classes']}; labels would be out of range"
-        )
-    if start >= len(ds):
-        raise UserError(
-            f"--start {start} is past the end of {dataset}/{split} ({len(ds)} samples); "
-            f"use a start below {len(ds)}"
-        )
-    stop = len(ds) if n is None else min(start + n, len(ds))
-    if start > 0 or stop < len(ds):
-        ds = ds.subset(torch.arange(start, stop))
-    return model.eval(), ds
+def parse_floats(text: str, flag: str) -> list[float]:
+    """A comma-separated list of finite numbers; UserError naming ``flag`` otherwise."""
+    try:
+        vals = [float(v) for v in parse_names(text, flag)]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated numbers; got {text!r}") from None
+    if any(not math.isfinite(v) for v in vals):
+        raise UserError(f"{flag} must be finite numbers; got {text!r}")
+    return vals
 
 
-def float_batch(ds: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of ``ds`` as float in [0, 1] and its labels, on ``device``."""
-    return ds.images.to(device).float() / 255.0, ds.labels.to(device)
+def load_model_and_data(args: argparse.Namespace, split: str | None = None) -> tuple[Any, Any]:
+    """The model of ``add_model_args`` (eval mode, on ``--device``; under torchrun on CUDA, this
+    rank's GPU) and the whole dataset split (default ``--split``), checked to fit."""
+    return model_and_split(args, split)
+
+
+# -- the model options shared by every command that reads a checkpoint -------------------------
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` and how to read it: by zoo name or by architecture (one definition)."""
+    g = p.add_argument_group("model", "what the checkpoint holds (robust-ebm checkpoints know)")
+    g.add_argument("--checkpoint", default=None,
+                   help="a robust-ebm .safetensors checkpoint or a foreign .pt/.pth/.safetensors")
+    g.add_argument("--robustbench", default=None, metavar="NAME",
+                   help="RobustBench zoo name of the checkpoint, e.g. Carmon2019Unlabeled "
+                        "(architecture and normalization from the catalog; docs/models.md)")
+    g.add_argument("--threat-model", default="Linf", choices=("Linf", "L2"),
+                   help="zoo leaderboard of --robustbench (default Linf)")
+    g.add_argument("--arch", default=None,
+                   help="architecture of a foreign checkpoint, e.g. wide_resnet, dm_wide_resnet")
+    g.add_argument("--arch-args", default="", metavar="K=V,...",
+                   help="architecture arguments, e.g. depth=70,widen_factor=16,activation=silu")
+    g.add_argument("--num-classes", type=positive_int, default=None,
+                   help="classes of a foreign checkpoint (default: the dataset's)")
+    g.add_argument("--mean", default=None, help="input mean per channel, e.g. 0.4914,0.4822,0.4465")
+    g.add_argument("--std", default=None, help="input std per channel, e.g. 0.2471,0.2435,0.2616")
+    g.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="refuse a file whose keys do not match exactly (--no-strict loads what "
+                        "fits and reports what it skipped)")
+    # --dataset defaults to the checkpoint's own dataset where it records one (either order)
+    p.set_defaults(dataset=None, dataset_from_checkpoint=True)

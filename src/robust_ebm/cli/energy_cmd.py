@@ -1,65 +1,31 @@
 """``robust-ebm energy``: energies of clean and attacked inputs, per attack, plus a PGD sweep.
 
-Writes to --out: ``energy.json`` (per-attack table and the sweep), ``energy_hist.png``
-(overlaid histograms of E(x) and E(x*)), ``pgd_sweep.png``/``pgd_sweep.json`` (PGD-CE over
-steps and eps), ``energy.md`` (a Markdown report section) and ``run.json``. All writes atomic.
+Writes to --out the files of :func:`robust_ebm.analysis.study.write_energy_study` (``energy.json``,
+``energy_hist.png``, ``energy.md``, ``pgd_sweep.json``/``.png``) and ``run.json``; under torchrun
+the points are sharded over the ranks and rank 0 writes (docs/scale.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import UserError
 from .common import (
     add_common_args,
-    config_of,
+    add_model_args,
     emit,
     float_batch,
-    load_model_and_split,
+    load_model_and_data,
     nonnegative_float,
-    output_dir,
+    parse_floats,
+    parse_names,
     positive_int,
-    resolve_device,
+    start_run,
 )
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True,
-                   help="a robust-ebm .safetensors checkpoint, or a foreign state dict with --arch")
-    p.add_argument("--arch", default=None,
-                   help="architecture of a foreign checkpoint (e.g. wide_resnet28_10)")
-    p.add_argument("--num-classes", type=positive_int, default=None,
-                   help="classes of a foreign checkpoint (default: the dataset's)")
-
-
-def parse_names(text: str, flag: str) -> list[str]:
-    names = [a.strip() for a in str(text).split(",") if a.strip()]
-    if not names:
-        raise UserError(f"{flag} is empty; give a comma-separated list")
-    return names
-
-
-def parse_floats(text: str, flag: str) -> list[float]:
-    try:
-        vals = [float(v) for v in parse_names(text, flag)]
-    except ValueError:
-        raise UserError(f"{flag} must be comma-separated numbers; got {text!r}") from None
-    if any(not math.isfinite(v) for v in vals):
-        raise UserError(f"{flag} must be finite numbers; got {text!r}")
-    return vals
-
-
-def load_model_and_data(args: argparse.Namespace, split: str | None = None) -> tuple[nn.Module, Any]:
-    """The model (eval mode, on the device) and the whole dataset split, checked to fit."""
-    return load_model_and_split(args.checkpoint, args.dataset, split or args.split,
-                                args.data_dir, None, resolve_device(args.device), args.arch,
-                                args.num_classes)
+from .scale_args import add_fast_args, fast_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -87,14 +53,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-sweep", action="store_true", help="skip the PGD steps/eps sweep")
     p.add_argument("--sweep-steps", default="1,2,5,10,20,50")
     p.add_argument("--sweep-eps", default="0.25,0.5,1,1.5,2", help="multiples of --eps")
+    add_fast_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis import analyze_energy, default_attacks, sweep_pgd
-    from ..io import atomic_write_json, atomic_write_text
-    from ..provenance import write_run_json
-    from ..reports import energy_section, plot_energy_histograms, plot_sweep, sweep_section
+    from ..analysis import default_attacks
+    from ..analysis.study import write_energy_study
 
     names = parse_names(args.attacks, "--attacks")
     steps_grid = [int(v) for v in parse_floats(args.sweep_steps, "--sweep-steps")]
@@ -109,31 +74,17 @@ def run(args: argparse.Namespace) -> int:
     model, ds = load_model_and_data(args)
     device = next(model.parameters()).device
     x, y = float_batch(ds.subset(torch.arange(min(args.n, len(ds)))), device)
-    out = output_dir(args, "energy")
-    write_run_json(out, config_of(args), args.seed, device)
-    log = None if args.json else (lambda s: print(f"  {s}", flush=True))
-    analysis = analyze_energy(model, x, y, attacks, args.batch_size, log=log)
-    analysis.notes.extend(notes)
-    result: dict[str, Any] = analysis.to_dict() | {
-        "checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split,
-        "eps": args.eps, "norm": args.norm, "out": str(out),
-    }
-    plot_energy_histograms(
-        analysis.per_sample(None)["E"].numpy(),
-        {k: analysis.per_sample(k)["E"].numpy() for k in analysis.adversarial},
-        out / "energy_hist.png", title=f"E(x) clean vs attacked, eps={args.eps:g}",
-    )
-    md = energy_section(result, f"Energy under attack: {Path(args.checkpoint).parent.name} "
-                                f"({args.dataset}/{args.split}, eps {args.eps:g})")
-    if not args.no_sweep:
-        sweep = sweep_pgd(model, x, y, args.eps, steps_grid, factors, norm=args.norm,
-                          seed=args.seed, batch_size=args.batch_size)
-        atomic_write_json(out / "pgd_sweep.json", sweep)
-        plot_sweep(sweep, out / "pgd_sweep.png")
-        result["sweep"] = sweep
-        md += "\n" + sweep_section(sweep)
-    atomic_write_json(out / "energy.json", result)
-    atomic_write_text(out / "energy.md", md)
-    text = md + f"\nsaved to {out}"
-    emit(result, args.json, text)
+    out = start_run(args, "energy", device)
+    done = write_energy_study(
+        fast_model(model, args), x, y, attacks, out, eps=args.eps, norm=args.norm, notes=notes,
+        sweep=None if args.no_sweep else (steps_grid, factors), seed=args.seed,
+        batch_size=args.batch_size,
+        meta={"checkpoint": str(args.checkpoint), "dataset": args.dataset, "split": args.split},
+        title=f"Energy under attack: {Path(args.checkpoint).parent.name} "
+              f"({args.dataset}/{args.split}, eps {args.eps:g})",
+        log=None if args.json else (lambda s: print(f"  {s}", flush=True)))
+    if done is None:  # a torchrun rank other than 0: rank 0 wrote the merged study
+        return 0
+    result, md = done
+    emit(result, args.json, md + f"\nsaved to {out}")
     return 0

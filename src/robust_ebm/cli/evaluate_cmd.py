@@ -9,10 +9,11 @@ from ..provenance import write_run_json
 from ..statistics import clean_report
 from .common import (
     add_common_args,
+    add_model_args,
     config_of,
     emit,
     format_report,
-    load_model_and_split,
+    model_and_split,
     output_dir,
     positive_int,
     resolve_device,
@@ -22,7 +23,7 @@ from .common import (
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="clean accuracy and energy statistics",
                        description="Clean accuracy and E(x), E(x,y) statistics of a checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="a robust-ebm .safetensors checkpoint")
+    add_model_args(p)
     add_common_args(p)
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--n", type=positive_int, default=None, help="use the first N samples")
@@ -32,8 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    model, ds = load_model_and_split(args.checkpoint, args.dataset, args.split, args.data_dir,
-                                     args.n, device)
+    model, ds = model_and_split(args, args.split, args.n)
     out = output_dir(args, "evaluate")
     write_run_json(out, config_of(args), args.seed, device)
     report = clean_report(model, ds.images, ds.labels, args.batch_size)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import __version__
+from ..distributed_eval import ShardError
 from ..errors import TrainingDivergedError, UserError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2, as for every bad input
+    def error(self, message: str) -> NoReturn:  # one line, exit code 2, as for every bad input
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"robust-ebm: error: {exc}", file=sys.stderr)
         return 2
-    except TrainingDivergedError as exc:
+    except (TrainingDivergedError, ShardError) as exc:
         print(f"robust-ebm: error: {exc}", file=sys.stderr)
         return 1
     except FileNotFoundError as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -20,8 +19,8 @@ from ..errors import UserError
 from ..models import create_model, list_models
 from ..objectives import list_objectives, make_objective
 from ..provenance import write_run_json
-from ..train import PRECISIONS, SCHEDULES, train
-from ..train.config import apply_set, default_config, load_toml, merge, train_config
+from ..train import PRECISIONS, SCHEDULES, default_callbacks, train
+from ..train.config import apply_set, default_config, eval_config, load_toml, merge, train_config
 from ..train.loop import check_device_options
 from .common import (
     add_common_args,
@@ -46,6 +45,7 @@ _FLAGS = {
     "eval_n": ("train", "eval_n"), "energy_n": ("train", "energy_n"),
     "save_every": ("train", "save_every"), "deterministic": ("train", "deterministic"),
     "precision": ("train", "precision"), "channels_last": ("train", "channels_last"),
+    "compile": ("train", "compile"),
     "tensorboard": ("train", "tensorboard"),
 }
 
@@ -93,6 +93,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="autocast for training steps: bf16, or fp16 on CUDA (default fp32)")
     p.add_argument("--channels-last", action="store_const", const=True, default=None,
                    help="NHWC memory order for weights and batches (faster convolutions on GPUs)")
+    p.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the model for the training steps (fp32 or bf16)")
     p.add_argument("--tensorboard", action="store_const", const=True, default=None,
                    help="also write per-epoch scalars to OUT/tensorboard (needs tensorboard)")
 
@@ -134,7 +136,7 @@ def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
     objective = make_objective(cfg["objective"]["name"], **obj_hp)
     if cfg["train"].get("eval_eps") is None and getattr(objective, "eps", None) is not None:
         cfg["train"]["eval_eps"] = float(objective.eps)
-    tcfg = train_config(cfg)
+    tcfg, ecfg = train_config(cfg), eval_config(cfg)
     data = cfg["data"]
     if data["val_size"] is None or data["val_size"] < 0:
         raise UserError(f"val_size must be >= 0; got {data['val_size']}")
@@ -164,12 +166,14 @@ def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
     meta = {"dataset": data["dataset"], "objective": cfg["objective"]["name"],
             "objective_config": cfg["objective"]}
     log = (lambda s: None) if (args.json or not is_main) else print
-    history = train(model, objective, train_set, tcfg, val_set=val, test_set=test, out_dir=out,
-                    device=device, metadata=meta, run_config=cfg, resume=args.resume, log=log)
+    callbacks = default_callbacks(ecfg, tcfg.seed, train_set, val_set=val, test_set=test,
+                                  out_dir=out, metadata=meta, config=cfg["train"])
+    history = train(model, objective, train_set, tcfg, callbacks, out_dir=out, device=device,
+                    run_config=cfg, resume=args.resume, log=log)
     if not is_main:
         return None
     final = history[-1]
     ckpt = save_model(out / "model.safetensors", model, epoch=tcfg.epochs, metrics=final,
-                      config=asdict(tcfg), **meta)
+                      config=cfg["train"], **meta)
     return {"out": str(out), "checkpoint": str(ckpt), "config": cfg, "history": history,
             "test": final.get("eval", {}).get("test")}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..registry import Registry
+
 __all__ = ["CATALOG", "DatasetInfo", "RemoteFile", "get_info", "list_datasets"]
 
 
@@ -40,8 +42,9 @@ class DatasetInfo:
 
     Attributes:
         name: Catalog name (``fashion_mnist``).
-        format: Reader to use: ``idx``, ``cifar10``, ``cifar100``, ``svhn``, ``tiny_imagenet``
-            (the ``image``/``label`` ``.npz`` repack) or ``digits``.
+        format: A registered format (:data:`robust_ebm.data.readers.FORMATS`): ``idx``,
+            ``cifar10``, ``cifar100``, ``svhn``, ``tiny_imagenet`` (the ``image``/``label``
+            ``.npz`` repack) or ``digits``.
         num_classes: Number of classes K; labels are in [0, K).
         shape: (C, H, W) of one image.
         mean: Per-channel mean in [0, 1] units (training split).
@@ -71,7 +74,7 @@ class DatasetInfo:
         raise KeyError(filename)
 
 
-_IDX_NAMES = {
+_IDX_NAMES: dict[str, tuple[str, ...]] = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
@@ -88,7 +91,7 @@ _SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
 # the Tiny-ImageNet-200 repack read by the ECCV 2024 code (arXiv 2407.06315, load_tiny_imagenet.py)
 _TINY_URL = "https://huggingface.co/wzekai99/DM-Improves-AT/resolve/main/others/dataset/tiny-imagenet-200/"
 
-CATALOG: dict[str, DatasetInfo] = {
+_DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         name="mnist",
         format="idx",
@@ -233,19 +236,19 @@ CATALOG: dict[str, DatasetInfo] = {
 }
 
 
+# name -> DatasetInfo. Flags: ``format`` (as in the entry), ``system_package`` (a Debian
+# package that installs the official files where :mod:`robust_ebm.data.locate` looks).
+CATALOG: Registry[DatasetInfo] = Registry("dataset", hint="or pass the path of a .npz file")
+_SYSTEM_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
+for _name, _info in _DATASETS.items():
+    CATALOG.add(_name, _info, format=_info.format, system_package=_SYSTEM_PACKAGES.get(_name))
+
+
 def list_datasets() -> list[str]:
     """Names of the catalog datasets, sorted."""
-    return sorted(CATALOG)
+    return CATALOG.names()
 
 
 def get_info(name: str) -> DatasetInfo:
     """The catalog entry for ``name``; raises :class:`UserError` listing the known names."""
-    from ..errors import UserError
-
-    key = name.lower().replace("-", "_")
-    if key not in CATALOG:
-        raise UserError(
-            f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())} "
-            "or pass the path of a .npz file"
-        )
-    return CATALOG[key]
+    return CATALOG.get(name.lower().replace("-", "_"))

@@ -82,6 +82,10 @@ class TensorLoader:
             ``ceil(N / world_size)`` samples and the same number of batches; a few samples are
             seen twice per epoch), then rank r takes positions r, r + W, r + 2W, ...
         device: Where batches are produced.
+        host_resident: Keep the uint8 data in host memory (page-locked when CUDA is available)
+            and copy each gathered batch to ``device`` asynchronously, instead of moving the
+            whole dataset to ``device`` once. For data larger than the device's memory; the
+            batches are the same bit for bit (augmentation runs on ``device`` after the copy).
 
     Yields:
         ``(x, y)``: float32 (B, C, H, W) in [0, 1] and int64 (B,), on ``device``.
@@ -98,6 +102,7 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
+        host_resident: bool = False,
     ) -> None:
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1; got {batch_size}")
@@ -111,8 +116,11 @@ class TensorLoader:
         self.rank, self.world_size = int(rank), int(world_size)
         self.device = torch.device(device)
         self.epoch = 0
-        self._images = dataset.images.to(self.device)  # uint8 (N, C, H, W)
-        self._labels = dataset.labels.to(self.device)
+        self.host_resident = bool(host_resident)
+        store = torch.device("cpu") if host_resident else self.device
+        self._images = dataset.images.to(store)  # uint8 (N, C, H, W)
+        self._labels = dataset.labels.to(store)
+        self._pin = host_resident and self.device.type == "cuda" and torch.cuda.is_available()
         self.samples_per_rank = math.ceil(len(dataset) / self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -141,12 +149,21 @@ class TensorLoader:
         """Yield the batches of ``epoch`` from batch ``start_batch`` on (for mid-epoch resume)."""
         idx = self.indices(epoch)
         for b in range(start_batch, len(self)):
-            sel = idx[b * self.batch_size : (b + 1) * self.batch_size].to(self.device)
-            x = self._images[sel]
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size].to(self._images.device)
+            x, y = self._images[sel], self._labels[sel]
+            if self.host_resident:
+                x, y = self._to_device(x), self._to_device(y)
             if self.augment is not None:
                 gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, self.rank, b))
                 x = self.augment(x, gen)  # on uint8: cheaper than on floats, exact
-            yield x.to(torch.float32).div_(255.0), self._labels[sel]
+            yield x.to(torch.float32).div_(255.0), y
+
+    def _to_device(self, t: Tensor) -> Tensor:
+        """Host batch -> device: staged in page-locked memory on CUDA, so the copy can overlap
+        with compute; the staging tensor is fresh per batch, never reused mid-copy."""
+        if self._pin:
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.iterate(self.epoch)

@@ -21,15 +21,7 @@ from ..errors import CorruptDataError, DataNotFoundError, UserError
 from .catalog import CATALOG, DatasetInfo, get_info
 from .checksums import content_md5, file_md5
 from .dataset import ImageDataset
-from .readers import (
-    cifar_members,
-    read_cifar,
-    read_digits,
-    read_idx_split,
-    read_npz,
-    read_svhn,
-    read_tiny_imagenet,
-)
+from .readers import FORMATS, read_npz
 
 __all__ = [
     "cache_dir",
@@ -75,27 +67,11 @@ def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
 
 def _find_in_dir(info: DatasetInfo, split: str, d: Path) -> list[Path] | None:
     """The files of ``split`` in folder ``d``, or None if any is missing."""
-    if info.format == "idx":
-        found = []
-        for gz_name in info.splits[split]:
-            hits = [p for p in (d / gz_name, d / gz_name.removesuffix(".gz")) if p.is_file()]
-            if not hits:
-                return None
-            found.append(hits[0])
-        return found
-    if info.format in ("cifar10", "cifar100"):
-        tar = d / info.splits[split][0]
-        if tar.is_file():
-            return [tar]
-        folder, names = cifar_members(info.format, split)
-        for base in (d / folder, d):
-            if all((base / n).is_file() for n in names):
-                return [base]
-        return None
-    if info.format in ("svhn", "tiny_imagenet"):
-        paths = [d / n for n in info.splits[split]]
-        return paths if all(p.is_file() for p in paths) else None
-    return []  # digits: nothing on disk
+    return FORMATS.get(info.format).find(info.splits[split], info.format, split, d)
+
+
+def _on_disk(info: DatasetInfo) -> bool:
+    return bool(FORMATS.meta(info.format).get("on_disk", True))
 
 
 def find_split(
@@ -104,7 +80,7 @@ def find_split(
     """Paths that hold ``split`` of catalog dataset ``name``, or None when not found."""
     info = get_info(name)
     _check_split(info, split)
-    if info.format == "digits":
+    if not _on_disk(info):
         return []
     for d in candidate_dirs(info.name, data_dir):
         if d.is_dir():
@@ -123,8 +99,9 @@ def _not_found(info: DatasetInfo, split: str, data_dir: str | Path | None) -> Da
     looked = ", ".join(str(d) for d in candidate_dirs(info.name, data_dir))
     files = ", ".join(info.splits[split])
     how = f"run 'robust-ebm data download {info.name}'"
-    if info.name == "fashion_mnist":
-        how += " or 'apt-get install dataset-fashion-mnist'"
+    package = CATALOG.meta(info.name).get("system_package") if info.name in CATALOG else None
+    if package:
+        how += f" or 'apt-get install {package}'"
     return DataNotFoundError(
         f"{info.name} ({split} split: {files}) not found; looked in: {looked}. To get it, "
         f"{how}, or put the official files in a folder and pass --data-dir or set "
@@ -165,20 +142,10 @@ def load_dataset(
         return ImageDataset(images, labels, k, path.stem, mean, std)
     info = get_info(name)
     _check_split(info, split)
-    if info.format == "digits":
-        images, labels = read_digits(split)
-    else:
-        paths = find_split(info.name, split, data_dir)
-        if paths is None:
-            raise _not_found(info, split, data_dir)
-        if info.format == "idx":
-            images, labels = read_idx_split(paths[0], paths[1])
-        elif info.format in ("cifar10", "cifar100"):
-            images, labels = read_cifar(paths[0], info.format, split)
-        elif info.format == "tiny_imagenet":
-            images, labels = read_tiny_imagenet(paths[0])
-        else:
-            images, labels = read_svhn(paths[0])
+    paths = find_split(info.name, split, data_dir)
+    if paths is None:
+        raise _not_found(info, split, data_dir)
+    images, labels = FORMATS.get(info.format).read(paths, info.format, split)
     if tuple(images.shape[1:]) != info.shape:
         raise CorruptDataError(
             f"{info.name} ({split}): images have shape {tuple(images.shape[1:])}, "
@@ -196,20 +163,20 @@ def dataset_status(name: str, data_dir: str | Path | None = None) -> dict[str, A
     """
     info = get_info(name)
     dirs = candidate_dirs(info.name, data_dir)
-    splits = {}
+    splits: dict[str, dict[str, Any]] = {}
     for split in info.splits:
         paths = find_split(info.name, split, data_dir)
         splits[split] = {"found": paths is not None, "paths": [str(p) for p in paths or []]}
     first = splits["train"]["paths"][:1] if splits["train"]["found"] else []
     location = str(Path(first[0]).parent) if first else None
-    if info.format == "digits":
-        location = "scikit-learn (bundled, no files)"
+    if not _on_disk(info):
+        location = FORMATS.meta(info.format).get("location")
     return {
         "name": info.name,
         "found": all(splits[s]["found"] for s in _REQUIRED_SPLITS),
         "location": location,
         "splits": splits,
-        "searched": [] if info.format == "digits" else [str(d) for d in dirs],
+        "searched": [str(d) for d in dirs] if _on_disk(info) else [],
     }
 
 
@@ -232,7 +199,7 @@ def _verify_file(info: DatasetInfo, path: Path) -> dict[str, Any]:
     if official.content_md5 is None:
         # idx files are often recompressed or stored raw; without a content md5 we cannot tell
         # such a copy from a damaged one, so leave it undecided rather than failing it
-        idx_copy = info.format == "idx"
+        idx_copy = bool(FORMATS.meta(info.format).get("raw_copies"))
         row["ok"] = None if idx_copy else False
         row["note"] = "md5 differs; no content md5 recorded" if idx_copy else "checksum mismatch"
         return row

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib
 import io
 import pickle
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,11 @@ import torch
 from torch import Tensor
 
 from ..errors import CorruptDataError, UserError
+from ..registry import Registry
 
 __all__ = [
+    "FORMATS",
+    "Format",
     "npz_to_nchw",
     "read_cifar",
     "read_digits",
@@ -109,9 +115,10 @@ def read_idx_split(images_path: str | Path, labels_path: str | Path) -> Pair:
 # -------------------------------------------------------------------------------------- pickle
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     try:  # numpy >= 2 moved the module; pickles name either spelling of the same function
-        from numpy._core.multiarray import _reconstruct
+        multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    _reconstruct = multiarray._reconstruct
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -155,7 +162,7 @@ def restricted_unpickle(data: bytes, source: str = "<bytes>") -> Any:
 
 
 # --------------------------------------------------------------------------------------- CIFAR
-_CIFAR = {
+_CIFAR: dict[str, tuple[str, dict[str, tuple[str, ...]], bytes]] = {
     # variant: (folder inside the archive, {split: member names}, label key)
     "cifar10": (
         "cifar-10-batches-py",
@@ -365,3 +372,77 @@ def read_tiny_imagenet(path: str | Path) -> Pair:
     if y.size and (y.min() < 0 or y.max() >= 200):
         raise CorruptDataError(f"{path}: labels must lie in [0, 200); got {y.min()}..{y.max()}")
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------- formats
+@dataclass(frozen=True)
+class Format:
+    """How one catalog format is found in a folder and read.
+
+    Attributes:
+        find: ``find(files, fmt, split, folder) -> paths | None``: the paths holding a split
+            whose official files are ``files`` in ``folder``, or None if any is missing.
+        read: ``read(paths, fmt, split) -> (images, labels)``.
+    """
+
+    find: Callable[[tuple[str, ...], str, str, Path], list[Path] | None]
+    read: Callable[[list[Path], str, str], Pair]
+
+
+def _find_idx(files: tuple[str, ...], fmt: str, split: str, d: Path) -> list[Path] | None:
+    found = []
+    for gz_name in files:  # gzipped as published, or decompressed
+        hits = [p for p in (d / gz_name, d / gz_name.removesuffix(".gz")) if p.is_file()]
+        if not hits:
+            return None
+        found.append(hits[0])
+    return found
+
+
+def _find_cifar(files: tuple[str, ...], fmt: str, split: str, d: Path) -> list[Path] | None:
+    tar = d / files[0]
+    if tar.is_file():
+        return [tar]
+    folder, names = cifar_members(fmt, split)
+    for base in (d / folder, d):
+        if all((base / n).is_file() for n in names):
+            return [base]
+    return None
+
+
+def _find_files(files: tuple[str, ...], fmt: str, split: str, d: Path) -> list[Path] | None:
+    paths = [d / n for n in files]
+    return paths if all(p.is_file() for p in paths) else None
+
+
+# name -> Format. Flags: ``on_disk`` (False: bundled with a package, nothing to find or verify),
+# ``raw_copies`` (copies are often recompressed or stored raw, so a differing md5 without a
+# content md5 is undecided rather than failed), ``location`` (where a format without files
+# comes from, for status reports).
+FORMATS: Registry[Format] = Registry("dataset format")
+FORMATS.add(
+    "idx",
+    Format(_find_idx, lambda paths, fmt, split: read_idx_split(paths[0], paths[1])),
+    on_disk=True,
+    raw_copies=True,
+)
+for _variant in ("cifar10", "cifar100"):
+    FORMATS.add(
+        _variant,
+        Format(_find_cifar, lambda paths, fmt, split: read_cifar(paths[0], fmt, split)),
+        on_disk=True,
+    )
+FORMATS.add(
+    "svhn", Format(_find_files, lambda paths, fmt, split: read_svhn(paths[0])), on_disk=True
+)
+FORMATS.add(
+    "tiny_imagenet",
+    Format(_find_files, lambda paths, fmt, split: read_tiny_imagenet(paths[0])),
+    on_disk=True,
+)
+FORMATS.add(
+    "digits",
+    Format(lambda files, fmt, split, d: [], lambda paths, fmt, split: read_digits(split)),
+    on_disk=False,
+    location="scikit-learn (bundled, no files)",
+)

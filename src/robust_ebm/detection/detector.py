@@ -1,8 +1,8 @@
 """The energy detector: flag an input as adversarial from its temperature-scaled free energy.
 
-Beadini & Masi (arXiv 2304.04033): score = E_T(x) = -T logsumexp(f(x)/T) of the
-attacked classifier; an input is flagged when E_T(x) <= tau (``direction='below'``: untargeted
-attacks push energy down). T and tau are calibrated on held-out data attacked with the budget the
+Beadini & Masi (arXiv 2304.04033; docs/science.md#energy-detector): score = E_T(x) =
+-T logsumexp(f(x)/T) of the attacked classifier; an input is flagged when E_T(x) <= tau
+(``direction='below'``: untargeted attacks push energy down). T and tau are calibrated on held-out data attacked with the budget the
 detector should catch: AUROC per T over a grid, best T kept, tau = Youden-J threshold.
 
 ``direction='above'`` flags E_T(x) >= tau instead, for models whose adversarial energies lie
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..energy import free_energy
 from ..errors import CorruptDataError, UserError
+from ..evaluation.batched import map_batches
 from ..io import atomic_write_json
 from .metrics import auroc, tpr_at_fpr, youden_threshold
 
@@ -36,17 +37,9 @@ DIRECTIONS = ("below", "above", "auto")
 FORMAT = "robust-ebm-energy-detector/1"
 
 
-@torch.no_grad()
 def model_logits(model: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
-    """Logits (N, K) of ``model`` on float inputs in [0,1], eval mode, on the CPU as float32."""
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        out = [model(x[i : i + batch_size]).float().cpu() for i in range(0, x.shape[0], batch_size)]
-    finally:
-        for m, t in was:
-            m.training = t
-    return torch.cat(out) if out else torch.zeros(0, 0)
+    """Logits (N, K) of ``model`` on inputs in [0,1] (uint8 allowed), frozen, CPU float32."""
+    return map_batches(model, x, batch_size=batch_size)[0]
 
 
 class EnergyDetector:

@@ -1,13 +1,15 @@
 """Threshold-free and threshold metrics of a detector score (higher score = more suspicious).
 
-Written here (not taken from scikit-learn) so the library's numbers do not depend on an optional
-package; ``tests/test_detection.py`` checks :func:`auroc` against ``sklearn.metrics.roc_auc_score``.
+ROC and AUROC come from scikit-learn (a required dependency); this module fixes the convention
+on top of it: clean inputs are the negatives, attacked inputs the positives, and an input is
+flagged when its score is at or above the threshold.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
+from sklearn import metrics as sk_metrics
 
 from ..errors import UserError
 
@@ -26,17 +28,9 @@ def _split(scores_neg: ArrayLike, scores_pos: ArrayLike) -> tuple[np.ndarray, np
     return neg, pos
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks; tied values share the mean of their ranks."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_v = values[order]
-    # start index of each run of equal values
-    starts = np.flatnonzero(np.r_[True, sorted_v[1:] != sorted_v[:-1]])
-    ends = np.r_[starts[1:], sorted_v.size]
-    mean_rank = (starts + ends + 1) / 2.0  # mean of 1-based ranks starts+1 .. ends
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
+def _labelled(neg: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) in scikit-learn's form: negatives 0, positives 1."""
+    return np.r_[np.zeros(neg.size), np.ones(pos.size)], np.concatenate([neg, pos])
 
 
 def auroc(scores_neg: ArrayLike, scores_pos: ArrayLike) -> float:
@@ -46,29 +40,21 @@ def auroc(scores_neg: ArrayLike, scores_pos: ArrayLike) -> float:
         scores_neg: scores of negatives (clean inputs), any shape.
         scores_pos: scores of positives (adversarial inputs); higher = more suspicious.
     """
-    neg, pos = _split(scores_neg, scores_pos)
-    ranks = _average_ranks(np.concatenate([neg, pos]))
-    n_pos, n_neg = pos.size, neg.size
-    u = ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    labels, scores = _labelled(*_split(scores_neg, scores_pos))
+    return float(sk_metrics.roc_auc_score(labels, scores))
 
 
 def roc_curve(
     scores_neg: ArrayLike, scores_pos: ArrayLike
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds): flag ``score >= threshold``; thresholds descend, first is +inf."""
-    neg, pos = _split(scores_neg, scores_pos)
-    s = np.concatenate([neg, pos])
-    label = np.r_[np.zeros(neg.size), np.ones(pos.size)]
-    order = np.argsort(-s, kind="mergesort")
-    s, label = s[order], label[order]
-    last_of_run = np.r_[s[1:] != s[:-1], True]  # a threshold at each distinct value
-    tp = np.cumsum(label)[last_of_run]
-    fp = np.cumsum(1 - label)[last_of_run]
-    thr = s[last_of_run]
-    tpr = np.r_[0.0, tp / pos.size]
-    fpr = np.r_[0.0, fp / neg.size]
-    return fpr, tpr, np.r_[np.inf, thr]
+    """(fpr, tpr, thresholds): flag ``score >= threshold``; thresholds descend, first is +inf.
+
+    One point per distinct score (``drop_intermediate=False``), so :func:`youden_threshold` and
+    :func:`tpr_at_fpr` see every achievable operating point.
+    """
+    labels, scores = _labelled(*_split(scores_neg, scores_pos))
+    fpr, tpr, thr = sk_metrics.roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, tpr, thr  # thr[0] is +inf (scikit-learn >= 1.3): the point that flags nothing
 
 
 def youden_threshold(scores_neg: ArrayLike, scores_pos: ArrayLike) -> tuple[float, float, float]:

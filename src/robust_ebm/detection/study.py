@@ -1,8 +1,9 @@
 """Calibrating and evaluating the energy detector, adaptive attackers and the HE-PGD study.
 
-Beadini & Masi (arXiv 2304.04033): the detector flags E_T(x) <= tau; HE-PGD
-(ascend CE + gamma E(x)) keeps E(x*) near clean energy and should make it fail (TPR near FPR).
-Two adaptive attackers that know the detector [choice, SPEC §4]:
+Beadini & Masi (arXiv 2304.04033; docs/science.md#energy-detector): the detector flags
+E_T(x) <= tau; HE-PGD (ascend CE + gamma E(x)) keeps E(x*) near clean energy and should make it
+fail (TPR near FPR).
+Two adaptive attackers that know the detector [our choice, docs/science.md#adaptive-attackers]:
 
 * ``he_adaptive``: HE-PGD with gamma searched on the CALIBRATION split so that mean E_T(x*)
   lands at the clean mean E_T (:func:`search_he_gamma`);
@@ -37,6 +38,8 @@ __all__ = [
     "DetectorAwareLoss",
     "adaptive_attacks",
     "calibrate_detector",
+    "calibration_positives",
+    "calibration_roc_curves",
     "detection_row",
     "evaluate_detector",
     "he_attacks",
@@ -56,6 +59,18 @@ def _positives(analysis: EnergyAnalysis, name: str, only_successful: bool) -> Te
     return logits[logits.argmax(1) != analysis.y]
 
 
+def calibration_positives(
+    analysis: EnergyAnalysis, name: str = "calibration", only_successful: bool = True
+) -> tuple[Tensor, str]:
+    """The positives of a calibration and what they are: the successful x* (all x* with
+    ``only_successful=False``, or when the attack fooled none)."""
+    pos = _positives(analysis, name, only_successful)
+    kind = "successful" if only_successful else "all"
+    if pos.shape[0] == 0:
+        pos, kind = analysis.adversarial[name], "all (the attack fooled none)"
+    return pos, kind
+
+
 def calibrate_detector(
     model: nn.Module,
     x: Tensor,
@@ -69,18 +84,30 @@ def calibrate_detector(
     """Fit an :class:`EnergyDetector` on held-out (x, y) attacked by ``attack``.
 
     Never pass the points the detector will be evaluated on. Negatives: all clean x;
-    positives: the successful x* (all x* with ``only_successful=False``; if the attack fools
-    none, all x* are used and ``info['calibration']['positives']`` says so).
+    positives: :func:`calibration_positives` (``info['calibration']['positives']`` says which).
     """
     analysis = analyze_energy(model, x, y, {"calibration": attack}, batch_size)
-    pos = _positives(analysis, "calibration", only_successful)
-    kind = "successful" if only_successful else "all"
-    if pos.shape[0] == 0:
-        pos, kind = analysis.adversarial["calibration"], "all (the attack fooled none)"
+    pos, kind = calibration_positives(analysis, "calibration", only_successful)
     det = EnergyDetector(direction="below" if direction == "auto" else direction)
     det.fit(analysis.clean, pos, temperatures, direction=direction)
     det.info["calibration"]["positives"] = kind
     return det, analysis
+
+
+def calibration_roc_curves(
+    analysis: EnergyAnalysis, detector: EnergyDetector, temperatures: Sequence[float]
+) -> dict[str, tuple[Any, Any, float]]:
+    """``"T=<t>"`` -> (FPR, TPR, AUROC) of E_T on the calibration's clean logits against its
+    positives, for each T of a fitted detector's grid, on the detector's side."""
+    pos, _ = calibration_positives(analysis)
+    grid = detector.info["calibration"]["grid"]
+    curves = {}
+    for t in temperatures:
+        d = EnergyDetector(t, None, detector.direction)
+        fpr, tpr, _ = roc_curve(d.score(analysis.clean).numpy(), d.score(pos).numpy())
+        row = next(r for r in grid if r["temperature"] == float(t))
+        curves[f"T={t:g}"] = (fpr, tpr, row[f"auroc_{detector.direction}"])
+    return curves
 
 
 def detection_row(

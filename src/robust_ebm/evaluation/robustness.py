@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import make_attack
-from ..attacks.core import check_inputs, check_logits, frozen_eval
+from ..attacks.core import check_inputs
 from ..errors import UserError
+from .batched import batched_logits, to_unit_float
 
 AttackFn = Callable[..., Tensor]
 
@@ -93,10 +94,8 @@ def as_tensors(data: Any) -> tuple[Tensor, Tensor]:
         x, y = data.images, data.labels
     else:
         raise UserError("data must be (x, y) tensors or an object with .images and .labels")
-    x = torch.as_tensor(x)
+    x = to_unit_float(torch.as_tensor(x))
     y = torch.as_tensor(y)
-    if x.dtype == torch.uint8:
-        x = x.float() / 255.0
     if y.dim() != 1:
         raise UserError(f"labels must have shape (N,); got {tuple(y.shape)}")
     return x, y.long()
@@ -126,14 +125,12 @@ def resolve_attacks(
 
 
 def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """Argmax predictions in eval mode (mode restored), shape (N,)."""
-    preds = []
-    with frozen_eval(model), torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            logits = model(x[i : i + batch_size])
-            check_logits(logits, logits.shape[0])
-            preds.append(logits.argmax(1))
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=x.device)
+    """Argmax predictions (N,) on ``x``'s device, frozen (mode restored)."""
+    logits = batched_logits(model, x, batch_size=batch_size).clean
+    assert logits is not None
+    if x.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
+    return logits.argmax(1).to(x.device)
 
 
 def evaluate_robustness(
@@ -171,15 +168,15 @@ def evaluate_robustness(
         idx = robust.nonzero().squeeze(1)
         start = time.perf_counter()
         fooled = 0
-        for i in range(0, idx.numel(), batch_size):
-            b = idx[i : i + batch_size]
-            adv = attack(model, x[b], y[b])
-            wrong = predict(model, adv, batch_size) != y[b].to(adv.device)
-            x_adv[b] = adv.to(x_adv.dtype)
-            robust[b[wrong]] = False
-            for j in b[wrong].tolist():
+        if idx.numel():
+            res = batched_logits(model, x[idx], y[idx], {name: attack}, batch_size=batch_size,
+                                 clean=False, keep_inputs=True)
+            wrong = (res.adversarial[name].argmax(1) != y[idx].cpu()).to(idx.device)
+            x_adv[idx] = res.inputs[name].to(x_adv.device, x_adv.dtype)
+            robust[idx[wrong]] = False
+            for j in idx[wrong].tolist():
                 fooled_by[j] = name
-            fooled += int(wrong.sum())
+            fooled = int(wrong.sum())
         rows.append(
             AttackRow(
                 name=name,

@@ -17,6 +17,7 @@ from ..attacks import make_attack
 from ..attacks.core import frozen_eval
 from ..errors import UserError
 from ..losses import ce
+from .batched import batched_logits
 
 
 @dataclass
@@ -30,12 +31,9 @@ class SanityCheck:
 
 
 def _robust_acc(model: nn.Module, attack: Any, x: Tensor, y: Tensor, batch_size: int) -> float:
-    correct = 0
-    for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        adv = attack(model, xb, yb)
-        with frozen_eval(model), torch.no_grad():
-            correct += int((model(adv).argmax(1) == yb).sum())
+    logits = batched_logits(model, x, y, {"a": attack}, batch_size=batch_size,
+                            clean=False).adversarial["a"]
+    correct = int((logits.argmax(1) == y.cpu()).sum()) if x.shape[0] else 0
     return correct / max(x.shape[0], 1)
 
 

@@ -4,11 +4,12 @@
 >>> model = create_model("small_cnn", num_classes=10, in_channels=1)
 """
 
-from . import mlp, preact_resnet, resnet, small_cnn, wide_resnet  # noqa: F401  (registration)
-from .foreign import load_foreign_state_dict
+from . import dm_resnet, mlp, preact_resnet, resnet, small_cnn, wide_resnet  # noqa: F401
+from .foreign import ForeignState, infer_architecture, load_foreign_state_dict, read_foreign_state
 from .layers import Classifier, Normalize
 from .modes import frozen_eval
 from .registry import create_model, list_models, register_model
+from .zoo import ZooEntry, list_zoo, zoo_entry
 
 __all__ = [
     "Classifier",
@@ -18,4 +19,10 @@ __all__ = [
     "list_models",
     "register_model",
     "load_foreign_state_dict",
+    "read_foreign_state",
+    "infer_architecture",
+    "ForeignState",
+    "ZooEntry",
+    "list_zoo",
+    "zoo_entry",
 ]

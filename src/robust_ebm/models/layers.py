@@ -12,6 +12,9 @@ from torch import Tensor, nn
 class Normalize(nn.Module):
     """(x - mean) / std per channel, so that models take [0, 1] images directly."""
 
+    mean: Tensor  # buffers, (1, C, 1, 1)
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
@@ -35,6 +38,7 @@ class Classifier(nn.Module):
         self.normalize = Normalize(mean, std)
         self.net = net
         self.arch = arch
+        self.load_report: dict[str, Any] = {}  # set by load_model: what was read or skipped
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.normalize(x))

@@ -3,27 +3,29 @@
 Each is a frozen dataclass called as ``objective(model, x, y) -> (loss, logs)``. The inner
 attack runs on the unwrapped model (never a DDP wrapper) in eval mode with frozen parameters
 (the attack engine restores both); the outer loss runs the model in its training mode, as in
-the published code. Options that reproduce the published code where our defaults differ
-(``clip_start``, ``kl_form``, ``forward_passes``) are listed in docs/fidelity.md. The inner
-attack's seed is drawn from the global RNG, which the training loop seeds per step, so runs
-are reproducible and resumable. Budgets are in pixel units of
+the published code. The inner attack is built once, when the objective is constructed; each
+call only gives it a fresh seed drawn from the global RNG, which the training loop seeds per
+step, so runs are reproducible and resumable. Options that reproduce the published code where
+our defaults differ (``clip_start``, ``kl_form``, ``forward_passes``) are listed in
+docs/fidelity.md. Budgets are in pixel units of
 [0,1] images; defaults are the CIFAR-10 values of the papers (eps 8/255, step 2/255, 10 steps).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import make_attack
+from ..distributed import unwrap
 from ..energy import free_energy, weat_weights
 from ..errors import UserError
 from ..losses import KL_FORMS, mart_loss, trades_loss, weat_loss
-from ..train.dist import unwrap
 from .registry import register_objective
 
 Logs = dict[str, Tensor]
@@ -35,10 +37,15 @@ def _seed() -> int:
 
 @dataclass(frozen=True)
 class _Adversarial:
+    """Budget of the inner maximisation: the registered attack ``inner`` with the options
+    ``inner_options``, at ``eps`` with ``steps`` steps of ``step_size`` (pixel units)."""
+
     eps: float = 8 / 255
     step_size: float = 2 / 255
     steps: int = 10
     clip_start: bool = True  # False: the published unclipped start (docs/fidelity.md)
+    inner: ClassVar[str] = "pgd"
+    inner_options: ClassVar[tuple[tuple[str, Any], ...]] = ()
 
     def __post_init__(self) -> None:
         if not self.eps >= 0 or not self.step_size >= 0:
@@ -51,10 +58,18 @@ class _Adversarial:
         kl_form = getattr(self, "kl_form", "exact")
         if kl_form not in KL_FORMS:
             raise UserError(f"kl_form must be one of {', '.join(KL_FORMS)}; got {kl_form!r}")
+        options = {**dict(self.inner_options), "clip_start": self.clip_start}
+        if self.inner == "trades_kl":  # the inner attack ascends the same KL as the loss
+            options["kl_form"] = kl_form
+        # a frozen dataclass holding a derived attribute, not a field (repr, eq and
+        # make_objective's hyperparameters stay the budget)
+        attack = make_attack(self.inner, eps=self.eps, step_size=self.step_size, steps=self.steps,
+                             **options)
+        object.__setattr__(self, "inner_attack", attack)
 
-    def _attack(self, name: str, model: nn.Module, x: Tensor, y: Tensor, **kw: Any) -> Tensor:
-        attack = make_attack(name, eps=self.eps, step_size=self.step_size, steps=self.steps,
-                             seed=_seed(), clip_start=self.clip_start, **kw)
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """x* of the inner attack on the unwrapped model, seeded from the global RNG."""
+        attack = dataclasses.replace(self.inner_attack, seed=_seed())  # type: ignore[attr-defined]
         return attack(unwrap(model), x, y).detach()
 
 
@@ -69,18 +84,16 @@ class PGDAT(_Adversarial):
     uniform random start."""
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
-        x_adv = self._attack("pgd", model, x, y)
+        x_adv = self._attack(model, x, y)
         logits_adv = model(x_adv)
         loss = F.cross_entropy(logits_adv, y)
         return loss, {"loss": loss.detach(), "acc_adv": _acc(logits_adv, y),
                       "E_adv": free_energy(logits_adv).mean().detach()}
 
 
-def _pair(
-    obj: _Adversarial, model: nn.Module, x: Tensor, y: Tensor, inner: str, **kw: Any
-) -> tuple[Tensor, Tensor]:
+def _pair(obj: _Adversarial, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """(natural logits, adversarial logits) of the model in its current (training) mode."""
-    x_adv = obj._attack(inner, model, x, y, **kw)
+    x_adv = obj._attack(model, x, y)
     return model(x), model(x_adv)
 
 
@@ -104,6 +117,7 @@ class TRADES(_Adversarial):
     beta: float = 6.0
     kl_form: str = "exact"
     forward_passes: int = 2
+    inner = "trades_kl"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -111,7 +125,7 @@ class TRADES(_Adversarial):
             raise UserError(f"forward_passes must be 2 or 3; got {self.forward_passes!r}")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
-        ln, la = _pair(self, model, x, y, "trades_kl", kl_form=self.kl_form)
+        ln, la = _pair(self, model, x, y)
         lp = model(x) if self.forward_passes == 3 else None
         loss = trades_loss(ln, la, y, self.beta, self.kl_form, logits_p=lp)
         return loss, _pair_logs(loss, ln, la, y)
@@ -125,12 +139,11 @@ class MART(_Adversarial):
 
     beta: float = 6.0
     kl_form: str = "exact"  # 'log_eps': the published KL (see losses.kl_divergence)
-
-    def _attack(self, name: str, model: nn.Module, x: Tensor, y: Tensor, **kw: Any) -> Tensor:
-        return super()._attack("pgd", model, x, y, random_start=False, init_std=0.001)
+    inner = "pgd"
+    inner_options = (("random_start", False), ("init_std", 0.001))
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
-        ln, la = _pair(self, model, x, y, "pgd")
+        ln, la = _pair(self, model, x, y)
         loss = mart_loss(ln, la, y, self.beta, self.kl_form)
         return loss, _pair_logs(loss, ln, la, y)
 
@@ -141,9 +154,10 @@ class _WEAT(_Adversarial):
     normalize: str = "batch"  # 'batch' (published: divide by B) or 'weight_sum'
     kl_form: str = "exact"  # 'log_eps': the published KL, inner attack and loss
     variant = "adv"
+    inner = "trades_kl"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
-        ln, la = _pair(self, model, x, y, "trades_kl", kl_form=self.kl_form)
+        ln, la = _pair(self, model, x, y)
         loss = weat_loss(ln, la, y, self.beta, self.variant, self.normalize, self.kl_form)
         logs = _pair_logs(loss, ln, la, y)
         logs["weight"] = weat_weights(free_energy(ln)).mean().detach()

@@ -14,7 +14,7 @@ OBJECTIVES: Registry[type] = Registry("objective")
 
 
 def register_objective(name: str) -> Callable[[type[T]], type[T]]:
-    return OBJECTIVES.register(name)  # type: ignore[return-value]
+    return OBJECTIVES.register(name)
 
 
 def list_objectives() -> list[str]:

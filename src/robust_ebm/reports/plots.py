@@ -12,7 +12,8 @@ import numpy as np
 from ..io import atomic_write
 
 __all__ = [
-    "plot_energy_histograms", "plot_he_study", "plot_roc", "plot_sweep", "pyplot", "save_figure",
+    "plot_energy_histograms", "plot_energy_trajectory", "plot_he_study", "plot_roc", "plot_sweep",
+    "pyplot", "save_figure",
 ]
 
 
@@ -90,7 +91,8 @@ def plot_sweep(sweep: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
 
 
 def plot_roc(
-    curves: Mapping[str, tuple[Sequence[float], Sequence[float], float | None]],
+    curves: Mapping[str, tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray,
+                               float | None]],
     path: str | os.PathLike[str], title: str = "energy detector ROC",
     point: tuple[float, float] | None = None,
 ) -> Path:
@@ -134,3 +136,45 @@ def plot_he_study(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str
     fig.suptitle("HE-PGD: CE + gamma E(x)")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_energy_trajectory(
+    path: str | os.PathLike[str],
+    summary: Mapping[str, Any],
+    energy: str,
+    title: str,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """Mean +- std of the SGLD energy at each step, overall and per class (two panels).
+
+    ``summary`` is :func:`robust_ebm.sampling.study.energy_summary`'s dict; ``energy`` names the
+    energy descended (joint, free or ce) for the axis label.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax_all, ax_cls = fig.subplots(1, 2)
+    label = {"joint": "E(x, y)", "free": "E(x)", "ce": "CE(x, y)"}.get(energy, "energy")
+    m = np.asarray(summary["overall"]["mean"])
+    s = np.asarray(summary["overall"]["std"])
+    steps = np.arange(len(m))
+    ax_all.plot(steps, m, color="k", label="all classes")
+    ax_all.fill_between(steps, m - s, m + s, color="k", alpha=0.2, label="+- std")
+    ax_all.set_title("overall")
+    for c, st in summary["per_class"].items():
+        cm, cs = np.asarray(st["mean"]), np.asarray(st["std"])
+        name = class_names[int(c)] if class_names and int(c) < len(class_names) else c
+        (line,) = ax_cls.plot(steps, cm, lw=1, label=str(name))
+        ax_cls.fill_between(steps, cm - cs, cm + cs, color=line.get_color(), alpha=0.08)
+    ax_cls.set_title("per class (mean, band +- std)")
+    for ax in (ax_all, ax_cls):
+        ax.set_xlabel("SGLD step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax_all.legend(fontsize=7)
+    ax_cls.legend(fontsize=6, ncol=2)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

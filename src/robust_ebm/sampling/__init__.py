@@ -7,6 +7,7 @@
 
 from .generate import Generation, generate, sample_classes, save_grid
 from .init import (
+    INITS,
     ClassGaussianInit,
     ClassPCAInit,
     ClassStatistics,
@@ -15,12 +16,23 @@ from .init import (
     UniformInit,
     as_unit_float,
     data_fingerprint,
+    make_init,
 )
-from .sgld import ENERGIES, SGLD, EnergyFn, SampleResult, frozen_eval, resolve_energy
+from .sgld import (
+    ENERGIES,
+    SGLD,
+    SGLD_ENERGIES,
+    EnergyFn,
+    SampleResult,
+    frozen_eval,
+    resolve_energy,
+)
 
 __all__ = [
     "ENERGIES",
+    "INITS",
     "SGLD",
+    "SGLD_ENERGIES",
     "ClassGaussianInit",
     "ClassPCAInit",
     "ClassStatistics",
@@ -34,6 +46,7 @@ __all__ = [
     "data_fingerprint",
     "frozen_eval",
     "generate",
+    "make_init",
     "resolve_energy",
     "sample_classes",
     "save_grid",

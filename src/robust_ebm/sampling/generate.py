@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.loader import derive_seed
 from ..errors import UserError
 from ..io import atomic_write
 from .init import Init
@@ -44,10 +45,10 @@ class Generation:
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 
@@ -60,12 +61,18 @@ def sample_classes(
     batch_size: int = 100,
     seed: int | None = 0,
     keep_x0: bool = False,
+    chains: tuple[int, int] | None = None,
 ) -> Generation:
     """Draw ``n_per_class`` samples of each class in ``classes`` with ``sampler`` from ``init``.
 
-    Chains run in batches of ``batch_size`` on the model's device. With a seed, the starting
-    points come from a CPU generator and the sampler noise from a generator on the model's
-    device, both seeded from ``seed``, so a run is repeatable on one device.
+    Chains run in batches of ``batch_size`` on the model's device. With a seed, batch b draws
+    its starting points from a CPU generator and its sampler noise from a generator on the
+    model's device, both seeded from (seed, b), so a run is repeatable on one device and any
+    range of whole batches can run apart (``chains``, for sharding over processes).
+
+    Args:
+        chains: Only chains ``[start, stop)`` of the M = len(classes) * n_per_class (in class
+            order); ``start`` must be a multiple of ``batch_size``. None: all.
     """
     if n_per_class < 1 or batch_size < 1:
         raise UserError(f"n_per_class and batch_size must be >= 1; got {n_per_class}, {batch_size}")
@@ -73,13 +80,18 @@ def sample_classes(
         raise UserError("classes is empty")
     device = _model_device(model)
     y_all = torch.tensor(list(classes), dtype=torch.long).repeat_interleave(n_per_class)
+    first, stop = (0, len(y_all)) if chains is None else chains
+    if first % batch_size or not 0 <= first < stop <= len(y_all):
+        raise UserError(f"chains must be [start, stop) inside [0, {len(y_all)}] with start a "
+                        f"multiple of batch_size {batch_size}; got {chains}")
     init_gen = noise_gen = None
-    if seed is not None:
-        init_gen = torch.Generator().manual_seed(seed)
-        noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     xs, trajs, x0s = [], [], []
-    for start in range(0, len(y_all), batch_size):
-        y = y_all[start : start + batch_size]
+    for start in range(first, stop, batch_size):
+        y = y_all[start : min(start + batch_size, stop)]
+        if seed is not None:
+            b = start // batch_size
+            init_gen = torch.Generator().manual_seed(derive_seed(seed, b, 0))
+            noise_gen = torch.Generator(device=device).manual_seed(derive_seed(seed, b, 1))
         x0 = init.sample(y, init_gen)
         res = sampler(model, x0.to(device), y.to(device), generator=noise_gen)
         xs.append(res.x.cpu())
@@ -93,11 +105,12 @@ def sample_classes(
         "n_per_class": n_per_class,
         "batch_size": batch_size,
         "seed": seed,
+        "seeding": "per batch b: derive_seed(seed, b, 0) init, derive_seed(seed, b, 1) noise",
         "device": str(device),
     }
     return Generation(
         x=torch.cat(xs),
-        y=y_all,
+        y=y_all[first:stop],
         energy_trajectory=torch.cat(trajs, dim=1),
         x0=torch.cat(x0s) if keep_x0 else None,
         config=config,

@@ -1,4 +1,4 @@
-"""Starting points x_0 for SGLD (SPEC.md Sec. 6; Beadini & Masi, arXiv 2304.04033).
+"""Starting points x_0 for SGLD (arXiv 2304.04033; docs/science.md#sgld-initialisations).
 
 Every initialiser has ``sample(y, generator) -> x0``: ``y`` (N,) class indices, ``x0``
 (N, C, H, W) float32 images in [0, 1] on the CPU (the caller moves them; sampling on the CPU keeps
@@ -30,8 +30,10 @@ from torch import Tensor
 
 from ..errors import CorruptDataError, UserError
 from ..io import atomic_write
+from ..registry import Registry
 
 __all__ = [
+    "INITS",
     "ClassGaussianInit",
     "ClassPCAInit",
     "ClassStatistics",
@@ -40,10 +42,19 @@ __all__ = [
     "UniformInit",
     "as_unit_float",
     "data_fingerprint",
+    "make_init",
 ]
 
 _FORMAT = "robust_ebm.class_statistics/1"
 _EXACT_LIMIT = 4096  # largest Gram/covariance side we eigendecompose exactly
+
+
+CacheStatus = Literal["reused", "fitted", "refitted"]
+
+# name -> initialiser class. Flags: ``alias`` (the short name the command line uses),
+# ``fitted`` (needs fit(images, labels) on training data), ``cached`` (its fitted statistics can
+# be saved and reused: ClassStatistics.fit_cached).
+INITS: Registry[type] = Registry("initialisation")
 
 
 class Init(Protocol):
@@ -95,6 +106,7 @@ def _by_class(y: Tensor) -> list[tuple[int, Tensor]]:
     return [(int(c), (y == c).nonzero().squeeze(1)) for c in torch.unique(y)]
 
 
+@INITS.register("uniform", alias="uniform", fitted=False, cached=False)
 @dataclass(frozen=True)
 class UniformInit:
     """x0 ~ U[0, 1]^(C,H,W), ignoring the class."""
@@ -109,6 +121,7 @@ class UniformInit:
         return {"init": self.name, "shape": list(self.shape)}
 
 
+@INITS.register("noise_injection", alias="noise", fitted=True, cached=False)
 class NoiseInjectionInit:
     """x0 = clip01(x_real + noise_std * N(0, I)), x_real a uniformly drawn image of class y.
 
@@ -322,8 +335,23 @@ class ClassStatistics:
         A cached file whose fingerprint or settings differ raises :class:`UserError` (default)
         or, with ``on_mismatch="refit"``, is refitted and overwritten with a warning.
         """
+        return cls.load_or_fit(path, images, labels, on_mismatch, **kwargs)[0]
+
+    @classmethod
+    def load_or_fit(
+        cls,
+        path: str | os.PathLike[str],
+        images: Tensor,
+        labels: Tensor,
+        on_mismatch: Literal["raise", "refit"] = "raise",
+        **kwargs: Any,
+    ) -> tuple[ClassStatistics, CacheStatus]:
+        """:meth:`fit_cached` that also says what happened to the cache file: ``"reused"``,
+        ``"fitted"`` (there was none) or ``"refitted"`` (it did not match; with
+        ``on_mismatch="refit"`` only)."""
         fresh = cls(**kwargs)
         path = Path(path)
+        status: CacheStatus = "fitted"
         if path.exists():
             cached = cls.load(path)
             fp = data_fingerprint(images, labels)
@@ -335,16 +363,18 @@ class ClassStatistics:
             if cached.config() != fresh.config():
                 problems.append(f"its settings {cached.config()} differ from {fresh.config()}")
             if not problems:
-                return cached
+                return cached, "reused"
             msg = f"cached statistics {path} do not match: " + "; ".join(problems)
             if on_mismatch != "refit":
                 raise UserError(msg + ". Delete the file or pass on_mismatch='refit'.")
-            warnings.warn(msg + "; refitting", stacklevel=2)
+            warnings.warn(msg + "; refitting", stacklevel=3)
+            status = "refitted"
         fresh.fit(images, labels)
         fresh.save(path)
-        return fresh
+        return fresh, status
 
 
+@INITS.register("class_gaussian", alias="gaussian", fitted=True, cached=True)
 class ClassGaussianInit(ClassStatistics):
     """x0 = clip01(mu_y + Sigma_y^{1/2} z), z ~ N(0, I), Sigma_y the class covariance.
 
@@ -396,8 +426,9 @@ class ClassGaussianInit(ClassStatistics):
         return out.clamp_(0.0, 1.0) if self.clip else out
 
 
+@INITS.register("class_pca", alias="pca", fitted=True, cached=True)
 class ClassPCAInit(ClassStatistics):
-    """Class-wise PCA init (the papers' method; SPEC.md Sec. 6):
+    """Class-wise PCA init (the papers' method; docs/science.md#sgld-initialisations):
 
         x0 = clip01(mu_y + sum_{i<=k} s_i z_i sigma U_i),   z_i ~ N(0, 1),
 
@@ -490,3 +521,9 @@ class ClassPCAInit(ClassStatistics):
             z = _randn((len(pos), len(s)), generator)
             out[pos] = self.mean[c] + (z * (s * self.sigma)) @ self.components[c]
         return out.view(-1, *self.shape).clamp_(0.0, 1.0)
+
+
+def make_init(name: str, **kwargs: Any) -> Any:
+    """An unfitted initialiser by registered name (``class_pca``) or alias (``pca``)."""
+    by_alias = INITS.names(alias=name)
+    return INITS.get(by_alias[0] if by_alias else name)(**kwargs)

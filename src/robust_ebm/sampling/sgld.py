@@ -1,5 +1,5 @@
 """SGLD with momentum on a classifier's energy (Beadini & Masi, arXiv 2304.04033; Mirza et al.,
-arXiv 2407.06315).
+arXiv 2407.06315; docs/science.md#sgld).
 
 One step, for inputs x in [0, 1] (pixel units) and the wanted classes y:
 
@@ -28,32 +28,47 @@ from torch import Tensor, nn
 from ..energy import cross_entropy_from_energies, free_energy, joint_energy
 from ..errors import UserError
 from ..models.modes import frozen_eval
+from ..registry import Registry
 
 EnergyFn = Callable[[Tensor, Tensor | None], Tensor]  # (logits (N,K), y (N,) | None) -> (N,)
-ENERGIES = ("joint", "free", "ce")
+# named energies for SGLD; flag ``needs_labels``: the energy needs the wanted classes y
+SGLD_ENERGIES: Registry[EnergyFn] = Registry("energy", hint="or pass a callable")
 NOISE_SCALINGS = ("none", "sqrt_2_step")
 REDUCTIONS = ("sum", "mean")
 
-__all__ = ["ENERGIES", "NOISE_SCALINGS", "REDUCTIONS", "SGLD", "EnergyFn", "SampleResult", "frozen_eval", "resolve_energy"]
+__all__ = [
+    "ENERGIES",
+    "NOISE_SCALINGS",
+    "REDUCTIONS",
+    "SGLD",
+    "SGLD_ENERGIES",
+    "EnergyFn",
+    "SampleResult",
+    "frozen_eval",
+    "resolve_energy",
+]
 
 
+@SGLD_ENERGIES.register("joint", needs_labels=True)
 def _joint(logits: Tensor, y: Tensor | None) -> Tensor:
     if y is None:
         raise UserError("energy 'joint' needs the wanted classes y")
     return joint_energy(logits, y)
 
 
+@SGLD_ENERGIES.register("free", needs_labels=False)
 def _free(logits: Tensor, y: Tensor | None) -> Tensor:
     return free_energy(logits)
 
 
+@SGLD_ENERGIES.register("ce", needs_labels=True)
 def _ce(logits: Tensor, y: Tensor | None) -> Tensor:
     if y is None:
         raise UserError("energy 'ce' needs the wanted classes y")
     return cross_entropy_from_energies(logits, y)
 
 
-_NAMED: dict[str, EnergyFn] = {"joint": _joint, "free": _free, "ce": _ce}
+ENERGIES = tuple(SGLD_ENERGIES)  # the registered names, in registration order (the CLI lists them)
 
 
 def resolve_energy(energy: str | EnergyFn) -> EnergyFn:
@@ -61,11 +76,7 @@ def resolve_energy(energy: str | EnergyFn) -> EnergyFn:
     ``energy_fn(logits, y) -> (N,)`` to a callable."""
     if callable(energy):
         return energy
-    if energy not in _NAMED:
-        raise UserError(
-            f"unknown energy {energy!r}; choose one of {', '.join(ENERGIES)} or pass a callable"
-        )
-    return _NAMED[energy]
+    return SGLD_ENERGIES.get(energy)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,17 @@
-"""Training: the loop, its configuration, crash-safe state, energy tracking, torchrun support."""
+"""Training: the loop, its configuration, callbacks, crash-safe state, energy tracking,
+torchrun support."""
 
+from .callbacks import (
+    Callback,
+    Checkpoints,
+    EnergyTracking,
+    Evaluation,
+    Run,
+    TensorBoard,
+    default_callbacks,
+    eval_attack,
+)
+from .config import EvalConfig
 from .loop import (
     PRECISIONS,
     SCHEDULES,
@@ -13,7 +25,16 @@ from .loop import (
 __all__ = [
     "PRECISIONS",
     "SCHEDULES",
+    "Callback",
+    "Checkpoints",
+    "EnergyTracking",
+    "EvalConfig",
+    "Evaluation",
+    "Run",
+    "TensorBoard",
     "TrainConfig",
+    "default_callbacks",
+    "eval_attack",
     "make_optimizer",
     "make_scheduler",
     "mixed_precision",

@@ -8,20 +8,122 @@ A run is described by four sections::
     [train]      the fields of TrainConfig (epochs, lr, schedule, eval_eps, ...)
 
 Later sources win: defaults < --config file < explicit CLI flags < --set.
+
+The ``[train]`` section holds two groups: the loop's own settings (:class:`TrainConfig`:
+optimiser, schedule, seed, precision, data order) and what the callbacks watch each epoch
+(:class:`EvalConfig`: the evaluation attack, subset sizes, TensorBoard). Users write one flat
+``[train]`` table; :func:`train_config` and :func:`eval_config` split it.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .loop import TrainConfig
 
 SECTIONS = ("data", "model", "objective", "train")
+SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _raise_failed(checks: list[tuple[bool, str]]) -> None:
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop's settings: optimiser, LR schedule, seed, precision and data order.
+
+    Defaults follow the WEAT recipe (Mirza et al. 2024, arXiv 2407.06315): SGD momentum 0.9,
+    weight decay 5e-4, one-cycle LR with ``pct_start`` 0.25; ``lr`` is the peak LR.
+
+    GPU options: ``precision`` 'bf16' or 'fp16' runs each training step (inner attack
+    included) under autocast, with the logits cast back to float32 before any loss or energy
+    is computed; 'fp16' needs CUDA and uses dynamic loss scaling. ``channels_last`` stores
+    weights and batches in NHWC memory order. ``compile`` runs the training steps (inner attack
+    included) through ``torch.compile`` (:func:`robust_ebm.fastpath.wrap_model`; fp32 or bf16;
+    the per-epoch evaluation stays uncompiled). ``save_every`` also writes the resumable state
+    every N optimizer steps (0: at the end of each epoch only).
+
+    Published one-cycle (PyTorch's OneCycleLR defaults, docs/fidelity.md): ``anneal='cos'``
+    and ``cycle_momentum=True`` (momentum 0.95 -> 0.85 -> 0.95, overriding ``momentum``); ours
+    anneals linearly at fixed momentum.
+    """
+
+    epochs: int = 5
+    batch_size: int = 128  # global batch; each of W processes takes batch_size / W
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    pct_start: float = 0.25
+    anneal: str = "linear"  # one-cycle annealing: 'linear' or 'cos' (published)
+    cycle_momentum: bool = False  # one-cycle momentum 0.95 -> 0.85 -> 0.95 (published)
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training, for "multistep"
+    gamma: float = 0.1  # multistep decay factor
+    crop_padding: int = 0
+    flip: bool = False
+    seed: int = 0
+    save_every: int = 0  # also save the training state every N steps (0: each epoch only)
+    deterministic: bool = False
+    limit_train_batches: int | None = None
+    precision: str = "fp32"  # 'fp32', 'bf16' or 'fp16' (CUDA only)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model for the training steps (fp32 or bf16)
+
+    def __post_init__(self) -> None:
+        _raise_failed([
+            (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0; got {self.lr}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}; got {self.schedule!r}"),
+            (0 < self.pct_start < 1, f"pct_start must be in (0, 1); got {self.pct_start}"),
+            (self.anneal in ("linear", "cos"), f"anneal must be 'linear' or 'cos'; got {self.anneal!r}"),
+            (self.crop_padding >= 0, f"crop_padding must be >= 0; got {self.crop_padding}"),
+            (self.save_every >= 0, f"save_every must be >= 0; got {self.save_every}"),
+            (self.precision in PRECISIONS,
+             f"precision must be one of {PRECISIONS}; got {self.precision!r}"),
+        ])
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the callbacks watch each epoch (:mod:`robust_ebm.train.callbacks`).
+
+    The evaluation attack is PGD-``eval_steps`` on CE at ``eval_eps`` with step
+    ``eval_step_size`` (None: 2.5 * eps / steps), all in pixel units of [0,1] images;
+    ``eval_eps=None`` evaluates clean accuracy only. ``eval_n`` validation/test samples and
+    ``energy_n`` fixed training samples are evaluated, ``eval_batch_size`` at a time, always
+    in float32. ``tensorboard`` also writes the per-epoch record to ``<out>/tensorboard``.
+    ``eval_clip_start=False`` starts the evaluation PGD unclipped, as the published evaluation
+    does (docs/fidelity.md).
+    """
+
+    eval_eps: float | None = None
+    eval_step_size: float | None = None  # None: 2.5 * eps / steps
+    eval_steps: int = 10
+    eval_clip_start: bool = True
+    eval_n: int = 1000  # validation/test samples evaluated each epoch
+    energy_n: int = 500  # fixed training samples tracked each epoch
+    eval_batch_size: int = 500
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        _raise_failed([
+            (self.eval_eps is None or self.eval_eps >= 0, f"eval_eps must be >= 0; got {self.eval_eps}"),
+            (self.eval_steps >= 1, f"eval_steps must be >= 1; got {self.eval_steps}"),
+            (self.eval_n >= 1 and self.energy_n >= 0, "eval_n must be >= 1 and energy_n >= 0"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}"),
+        ])
 
 
 def default_config() -> dict[str, Any]:
@@ -29,7 +131,7 @@ def default_config() -> dict[str, Any]:
         "data": {"dataset": "fashion_mnist", "data_dir": None, "val_size": 5000, "train_subset": None},
         "model": {"name": "small_cnn"},
         "objective": {"name": "standard"},
-        "train": asdict(TrainConfig()),
+        "train": {**asdict(TrainConfig()), **asdict(EvalConfig())},
     }
 
 
@@ -76,15 +178,31 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_config(cfg: dict[str, Any]) -> TrainConfig:
-    """The [train] section as a validated TrainConfig (unknown keys are an error)."""
-    known = {f.name for f in fields(TrainConfig)}
+    """The loop's part of the [train] section as a validated TrainConfig (unknown keys are an
+    error)."""
+    values = _train_section(cfg, TrainConfig)
+    if isinstance(values.get("milestones"), list):
+        values["milestones"] = tuple(values["milestones"])
+    return _build(TrainConfig, values)
+
+
+def eval_config(cfg: dict[str, Any]) -> EvalConfig:
+    """The callbacks' part of the [train] section as a validated EvalConfig."""
+    return _build(EvalConfig, _train_section(cfg, EvalConfig))
+
+
+def _train_section(cfg: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The keys of [train] that are fields of ``cls``; a key of neither class is an error."""
+    known = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(EvalConfig)}
     unknown = sorted(set(cfg["train"]) - known)
     if unknown:
         raise UserError(f"unknown [train] setting(s) {unknown}; known: {sorted(known)}")
-    values = dict(cfg["train"])
-    if isinstance(values.get("milestones"), list):
-        values["milestones"] = tuple(values["milestones"])
+    mine = {f.name for f in fields(cls)}
+    return {k: v for k, v in cfg["train"].items() if k in mine}
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
     try:
-        return TrainConfig(**values)
+        return cls(**values)
     except TypeError as exc:
         raise UserError(f"bad [train] setting: {exc}") from None

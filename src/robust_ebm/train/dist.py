@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..distributed import unwrap  # noqa: F401  (re-exported; objectives import it from there)
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -54,11 +56,6 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
         return model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under a DDP wrapper (attacks run on it, never on the wrapper)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def all_reduce_sum(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:

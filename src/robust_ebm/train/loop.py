@@ -1,12 +1,12 @@
 """The one training loop.
 
 SGD with momentum and weight decay, a per-step LR schedule (one-cycle by default, as in
-Mirza et al. 2024, arXiv 2407.06315), per-epoch clean and PGD-k evaluation with energy tracking
-(:mod:`robust_ebm.train.tracking`), the best checkpoint by validation robust accuracy, crash-safe
-state (:mod:`robust_ebm.train.state`) and DistributedDataParallel under torchrun
-(:mod:`robust_ebm.train.dist`). Objectives (:mod:`robust_ebm.objectives`) decide what is
-minimised; they get the (possibly DDP-wrapped) model and run their inner attack on
-``dist.unwrap(model)``.
+Mirza et al. 2024, arXiv 2407.06315), crash-safe state (:mod:`robust_ebm.train.state`) and
+DistributedDataParallel under torchrun (:mod:`robust_ebm.train.dist`). Objectives
+(:mod:`robust_ebm.objectives`) decide what is minimised; they get the (possibly DDP-wrapped)
+model and run their inner attack on ``dist.unwrap(model)``. Everything watched at the end of
+an epoch (evaluation, energy tracking, checkpoints, TensorBoard) is a callback
+(:mod:`robust_ebm.train.callbacks`).
 
 Randomness is keyed by position: before each step the global RNG is seeded from
 (seed, epoch, batch, rank), and the loader's order and augmentation are seeded the same way, so
@@ -19,115 +19,28 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import save_model
 from ..data import Augment, ImageDataset, TensorLoader
 from ..data.loader import derive_seed
 from ..errors import TrainingDivergedError, UserError
+from ..fastpath import wrap_model
 from ..io import atomic_write_text
 from ..progress import Progress
 from . import dist
+from .callbacks import Callback, Record, Run
+from .config import PRECISIONS, SCHEDULES, EvalConfig, TrainConfig
 from .state import STATE_FILE, TrainState, load_state, save_state
-from .tracking import (
-    TensorBoardLog,
-    evaluate_subsets,
-    overfitting_warning,
-    plot_dynamics,
-    write_csv,
-)
 
-SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+__all__ = ["PRECISIONS", "SCHEDULES", "TrainConfig", "check_device_options", "make_optimizer",
+           "make_scheduler", "mixed_precision", "train"]
 Objective = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of the loop (the objective has its own).
-
-    Defaults follow the WEAT recipe: SGD momentum 0.9, weight decay 5e-4, one-cycle LR with
-    ``pct_start`` 0.25; ``lr`` is the peak LR. Budgets (``eval_eps``, ``eval_step_size``) are in
-    pixel units of [0,1] images; ``eval_eps=None`` evaluates clean accuracy only.
-
-    GPU options: ``precision`` 'bf16' or 'fp16' runs each training step (inner attack
-    included) under autocast, with the logits cast back to float32 before any loss or energy
-    is computed; 'fp16' needs CUDA and uses dynamic loss scaling. ``channels_last`` stores
-    weights and batches in NHWC memory order. The per-epoch evaluation always runs in float32.
-    ``tensorboard`` also writes the per-epoch record to ``<out>/tensorboard``.
-
-    Published one-cycle (PyTorch's OneCycleLR defaults, docs/fidelity.md): ``anneal='cos'``
-    and ``cycle_momentum=True`` (momentum 0.95 -> 0.85 -> 0.95, overriding ``momentum``); ours
-    anneals linearly at fixed momentum. ``eval_clip_start=False`` starts the evaluation PGD
-    unclipped, as the published evaluation does.
-    """
-
-    epochs: int = 5
-    batch_size: int = 128  # global batch; each of W processes takes batch_size / W
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    pct_start: float = 0.25
-    anneal: str = "linear"  # one-cycle annealing: 'linear' or 'cos' (published)
-    cycle_momentum: bool = False  # one-cycle momentum 0.95 -> 0.85 -> 0.95 (published)
-    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training, for "multistep"
-    gamma: float = 0.1  # multistep decay factor
-    crop_padding: int = 0
-    flip: bool = False
-    seed: int = 0
-    eval_eps: float | None = None
-    eval_step_size: float | None = None  # None: 2.5 * eps / steps
-    eval_steps: int = 10
-    eval_clip_start: bool = True
-    eval_n: int = 1000  # validation/test samples evaluated each epoch
-    energy_n: int = 500  # fixed training samples tracked each epoch
-    eval_batch_size: int = 500
-    save_every: int = 0  # also save the training state every N steps (0: each epoch only)
-    deterministic: bool = False
-    limit_train_batches: int | None = None
-    precision: str = "fp32"  # 'fp32', 'bf16' or 'fp16' (CUDA only)
-    channels_last: bool = False
-    tensorboard: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0; got {self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}; got {self.schedule!r}"),
-            (0 < self.pct_start < 1, f"pct_start must be in (0, 1); got {self.pct_start}"),
-            (self.anneal in ("linear", "cos"), f"anneal must be 'linear' or 'cos'; got {self.anneal!r}"),
-            (self.crop_padding >= 0, f"crop_padding must be >= 0; got {self.crop_padding}"),
-            (self.eval_eps is None or self.eval_eps >= 0, f"eval_eps must be >= 0; got {self.eval_eps}"),
-            (self.eval_steps >= 1, f"eval_steps must be >= 1; got {self.eval_steps}"),
-            (self.eval_n >= 1 and self.energy_n >= 0, "eval_n must be >= 1 and energy_n >= 0"),
-            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}"),
-            (self.save_every >= 0, f"save_every must be >= 0; got {self.save_every}"),
-            (self.precision in PRECISIONS,
-             f"precision must be one of {PRECISIONS}; got {self.precision!r}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(msg)
-
-    def eval_attack(self) -> Any:
-        """PGD-k on CE at ``eval_eps`` (fixed seed), or the identity when eval_eps is None."""
-        if self.eval_eps is None:
-            return lambda model, x, y: x
-        from ..attacks import make_attack
-
-        step = self.eval_step_size if self.eval_step_size is not None else 2.5 * self.eval_eps / self.eval_steps
-        return make_attack("pgd", eps=self.eval_eps, step_size=step, steps=self.eval_steps,
-                           seed=self.seed, clip_start=self.eval_clip_start)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -148,7 +61,8 @@ def make_scheduler(
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start,
-            anneal_strategy=cfg.anneal, cycle_momentum=cfg.cycle_momentum,
+            anneal_strategy="cos" if cfg.anneal == "cos" else "linear",
+            cycle_momentum=cfg.cycle_momentum,
         )
     if cfg.schedule == "multistep":
         marks = [int(m * total) for m in cfg.milestones]
@@ -179,6 +93,8 @@ def mixed_precision(model: nn.Module, precision: str, device: torch.device) -> I
 
 def check_device_options(cfg: TrainConfig, device: torch.device) -> None:
     """Raise UserError for options the device cannot run."""
+    if cfg.compile and cfg.precision == "fp16":
+        raise UserError("--compile runs fp32 or bf16; use --precision bf16 with --compile")
     if cfg.precision == "fp16" and device.type != "cuda":
         raise UserError(
             f"precision 'fp16' needs a CUDA device (it relies on loss scaling); on {device.type} "
@@ -186,45 +102,59 @@ def check_device_options(cfg: TrainConfig, device: torch.device) -> None:
         )
 
 
-def _fixed_subsets(
-    cfg: TrainConfig, train_set: ImageDataset, val_set: ImageDataset | None,
-    test_set: ImageDataset | None,
-) -> dict[str, ImageDataset]:
-    subsets: dict[str, ImageDataset] = {}
-    if cfg.energy_n > 0:
-        g = torch.Generator().manual_seed(derive_seed(cfg.seed, 7))
-        pick = torch.randperm(len(train_set), generator=g)[: cfg.energy_n]
-        subsets["train"] = train_set.subset(pick)
-    for name, ds in (("val", val_set), ("test", test_set)):
-        if ds is not None:
-            subsets[name] = ds.subset(torch.arange(min(cfg.eval_n, len(ds))))
-    return subsets
-
-
 def train(
     model: nn.Module,
     objective: Objective,
-    train_set: ImageDataset,
-    cfg: TrainConfig,
+    data: ImageDataset,
+    config: TrainConfig,
+    callbacks: Sequence[Callback] = (),
     *,
-    val_set: ImageDataset | None = None,
-    test_set: ImageDataset | None = None,
     out_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
-    metadata: dict[str, Any] | None = None,
     run_config: dict[str, Any] | None = None,
     resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` in place; return one record per epoch.
+    """Train ``model`` in place on ``data`` (the training set); return one record per epoch.
 
-    With ``out_dir``: ``state.pt`` (resumable state) each epoch and every ``save_every`` steps,
-    ``last.safetensors``, ``best.safetensors`` (by validation PGD accuracy, else test),
-    ``metrics.jsonl``, ``energy.csv`` and ``energy_dynamics.png``. ``resume`` continues from
-    ``out_dir/state.pt``; ``run_config`` (the resolved configuration) must then match.
+    A record holds ``epoch``, ``train_loss`` (the objective's logs averaged over the epoch),
+    ``lr`` and ``epoch_seconds``, plus what the ``callbacks`` add (e.g. ``eval`` from
+    :class:`robust_ebm.train.callbacks.Evaluation`); callbacks run on the main process only.
+    With ``out_dir`` the loop writes ``state.pt`` (resumable state) each epoch and every
+    ``save_every`` steps, and ``metrics.jsonl`` (the records). ``resume`` continues from
+    ``out_dir/state.pt``; ``run_config`` (the resolved configuration saved with the state;
+    default ``{"train": asdict(config)}``) must then match the saved one.
     """
-    device = torch.device(device)
-    info, device = dist.setup(device)
+    info, dev = dist.setup(torch.device(device))
+    _prepare(model, config, info, dev)
+    loop = _Loop(model, objective, data, config, info, dev, out_dir, run_config)
+    if resume:
+        loop.resume()
+        log(f"resuming at epoch {loop.state.epoch + 1}, batch {loop.state.batch}")
+    # --compile: autocast moves inside the compiled module (a per-step hook would recompile)
+    fast = wrap_model(model, precision=config.precision, compile=True) if config.compile else model
+    loop.ddp_model = dist.wrap(fast, info, dev)
+    run = Run(model, objective, config, loop.state, log)
+    hooks = list(callbacks) if info.is_main else []
+    for cb in hooks:
+        cb.on_train_start(run)
+    while loop.state.epoch < config.epochs:
+        record = loop.run_epoch()
+        if info.is_main:
+            for cb in hooks:
+                cb.on_epoch_end(run, record)
+            loop.write_metrics()
+            _report_epoch(record, log)
+        loop.save_state()
+        dist.barrier(info)
+    for cb in hooks:
+        cb.on_train_end(run)
+    dist.teardown(info)
+    return loop.state.history
+
+
+def _prepare(model: nn.Module, cfg: TrainConfig, info: dist.DistInfo, device: torch.device) -> None:
+    """Check the settings against the processes and the device; seed; place the model."""
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     if cfg.batch_size % info.world_size:
@@ -233,128 +163,114 @@ def train(
     torch.manual_seed(cfg.seed)
     model.to(device)
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    loader = TensorLoader(
-        train_set, cfg.batch_size // info.world_size, shuffle=True, seed=cfg.seed,
-        augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip), drop_last=True,
-        rank=info.rank, world_size=info.world_size, device=device,
-    )
-    steps = len(loader) if cfg.limit_train_batches is None else min(len(loader), cfg.limit_train_batches)
-    if steps < 1:
-        raise UserError(
-            f"training set of {len(train_set)} samples gives no full batch of {cfg.batch_size}; "
-            "lower the batch size"
+        # torch accepts memory_format here at run time; its typed overloads of Module.to omit it
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+class _Loop:
+    """One run's moving parts: loader, optimizer, schedule, loss scaler and the saved state."""
+
+    def __init__(
+        self, model: nn.Module, objective: Objective, data: ImageDataset, cfg: TrainConfig,
+        info: dist.DistInfo, device: torch.device, out_dir: str | Path | None,
+        run_config: dict[str, Any] | None,
+    ) -> None:
+        self.model, self.ddp_model, self.objective = model, model, objective
+        self.cfg, self.info, self.device = cfg, info, device
+        self.loader = TensorLoader(
+            data, cfg.batch_size // info.world_size, shuffle=True, seed=cfg.seed,
+            augment=Augment(crop_padding=cfg.crop_padding, flip=cfg.flip), drop_last=True,
+            rank=info.rank, world_size=info.world_size, device=device,
         )
-    opt = make_optimizer(model, cfg)
-    sched = make_scheduler(opt, cfg, steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    out = Path(out_dir) if out_dir is not None else None
-    config = run_config if run_config is not None else {"train": asdict(cfg)}
-    state = TrainState()
-    if resume:
-        if out is None or not (out / STATE_FILE).is_file():
-            raise UserError(f"--resume: no {STATE_FILE} in {out}; nothing to resume")
-        state = load_state(out / STATE_FILE, model, opt, sched, config, scaler,
-                           defaults={"train": asdict(TrainConfig())})
-        log(f"resuming at epoch {state.epoch + 1}, batch {state.batch}")
-    ddp_model = dist.wrap(model, info, device)
-    subsets = _fixed_subsets(cfg, train_set, val_set, test_set)
-    attack = cfg.eval_attack()
-    meta = dict(metadata or {})
-    board = (TensorBoardLog(out / "tensorboard", purge_step=state.epoch + 1)
-             if cfg.tensorboard and out is not None and info.is_main else None)
+        n = len(self.loader)
+        self.steps = n if cfg.limit_train_batches is None else min(n, cfg.limit_train_batches)
+        if self.steps < 1:
+            raise UserError(
+                f"training set of {len(data)} samples gives no full batch of {cfg.batch_size}; "
+                "lower the batch size"
+            )
+        self.opt = make_optimizer(model, cfg)
+        self.sched = make_scheduler(self.opt, cfg, self.steps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.run_config = run_config if run_config is not None else {"train": asdict(cfg)}
+        self.state = TrainState()
 
-    def checkpoint() -> None:
-        if out is not None and info.is_main:
-            save_state(out / STATE_FILE, state, model, opt, sched, config, scaler)
+    def resume(self) -> None:
+        """Load ``out/state.pt`` (model, optimizer, schedule, scaler, RNG, position)."""
+        if self.out is None or not (self.out / STATE_FILE).is_file():
+            raise UserError(f"--resume: no {STATE_FILE} in {self.out}; nothing to resume")
+        # settings a state written before they existed lacks: taken at their defaults
+        defaults = {"train": {**asdict(TrainConfig()), **asdict(EvalConfig())}}
+        self.state = load_state(self.out / STATE_FILE, self.model, self.opt, self.sched,
+                                self.run_config, self.scaler, defaults=defaults)
 
-    while state.epoch < cfg.epochs:
-        epoch = state.epoch
-        ddp_model.train()
+    def run_epoch(self) -> Record:
+        """Train from the saved position to the end of the epoch; append its record."""
+        state, cfg, epoch = self.state, self.cfg, self.state.epoch
+        self.ddp_model.train()
         t0 = time.perf_counter()
-        with Progress(steps - state.batch, f"epoch {epoch + 1}/{cfg.epochs}") as bar:
-            for i, (x, y) in enumerate(loader.iterate(epoch, start_batch=state.batch), state.batch):
-                if i >= steps:
+        with Progress(self.steps - state.batch, f"epoch {epoch + 1}/{cfg.epochs}") as bar:
+            batches = self.loader.iterate(epoch, start_batch=state.batch)
+            for i, (x, y) in enumerate(batches, state.batch):
+                if i >= self.steps:
                     break
-                torch.manual_seed(derive_seed(cfg.seed, epoch, i, info.rank))
-                if cfg.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with mixed_precision(model, cfg.precision, device):
-                    loss, logs = objective(ddp_model, x, y)
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped. "
-                        "The last saved checkpoint is intact: lower the learning rate and resume"
-                    )
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()  # the identity unless fp16
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                for k, v in logs.items():
-                    state.sums[k] = state.sums.get(k, 0.0) + float(v)
+                loss = self.step(epoch, i, x, y)
                 state.batch = i + 1
-                bar.update(1, loss=float(loss.detach()))
-                if cfg.save_every and state.batch % cfg.save_every == 0 and state.batch < steps:
-                    checkpoint()
-        sums = dist.all_reduce_sum(state.sums, info, device)
-        record: dict[str, Any] = {
+                bar.update(1, loss=loss)
+                if cfg.save_every and state.batch % cfg.save_every == 0 and state.batch < self.steps:
+                    self.save_state()
+        sums = dist.all_reduce_sum(state.sums, self.info, self.device)
+        record: Record = {
             "epoch": epoch + 1,
-            "train_loss": {k: v / (steps * info.world_size) for k, v in sums.items()},
-            "lr": sched.get_last_lr()[0],
+            "train_loss": {k: v / (self.steps * self.info.world_size) for k, v in sums.items()},
+            "lr": self.sched.get_last_lr()[0],
             "epoch_seconds": time.perf_counter() - t0,
         }
-        if info.is_main:
-            record["eval"] = evaluate_subsets(model, subsets, attack, cfg.eval_batch_size)
-            record["eval_attack"] = (
-                None if cfg.eval_eps is None else
-                {"name": "pgd", "eps": cfg.eval_eps, "steps": cfg.eval_steps}
-            )
         state.history.append(record)
         state.epoch, state.batch, state.sums = epoch + 1, 0, {}
-        if info.is_main:
-            _report_epoch(record, state, log)
-            # robust overfitting is a notion of adversarial training: objectives with a budget
-            warn = overfitting_warning(state.history) if hasattr(objective, "eps") else None
-            if warn:
-                record["warning"] = warn
-                log("warning: " + warn)
-            if out is not None:
-                _write_outputs(out, model, record, state, cfg, meta)
-            if board is not None:
-                board.write(record)
-        checkpoint()
-        dist.barrier(info)
-    if board is not None:
-        board.close()
-    dist.teardown(info)
-    return state.history
+        return record
+
+    def step(self, epoch: int, i: int, x: Tensor, y: Tensor) -> float:
+        """One optimizer step on batch ``i``; adds the objective's logs to the epoch's sums."""
+        torch.manual_seed(derive_seed(self.cfg.seed, epoch, i, self.info.rank))
+        if self.cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        precision = "fp32" if self.cfg.compile else self.cfg.precision  # compiled: autocast inside
+        with mixed_precision(self.model, precision, self.device):
+            loss, logs = self.objective(self.ddp_model, x, y)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped. "
+                "The last saved checkpoint is intact: lower the learning rate and resume"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # the identity unless fp16
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        for k, v in logs.items():
+            self.state.sums[k] = self.state.sums.get(k, 0.0) + float(v)
+        return float(loss.detach())
+
+    def save_state(self) -> None:
+        if self.out is not None and self.info.is_main:
+            save_state(self.out / STATE_FILE, self.state, self.model, self.opt, self.sched,
+                       self.run_config, self.scaler)
+
+    def write_metrics(self) -> None:
+        if self.out is not None:
+            text = "".join(json.dumps(r) + "\n" for r in self.state.history)
+            atomic_write_text(self.out / "metrics.jsonl", text)
 
 
-def _score(record: dict[str, Any]) -> float:
-    ev = record.get("eval", {})
-    split = ev.get("val") or ev.get("test")
-    return split["accuracy_adv"] if split else -1.0
-
-
-def _report_epoch(record: dict[str, Any], state: TrainState, log: Callable[[str], None]) -> None:
+def _report_epoch(record: Record, log: Callable[[str], None]) -> None:
+    """One line per epoch (loss, accuracies, mean dE(x)), then the record's warning if any."""
     msg = f"epoch {record['epoch']}: loss {record['train_loss'].get('loss', float('nan')):.4f}"
     for split, rep in record.get("eval", {}).items():
         msg += f" | {split} acc {rep['accuracy']:.4f}"
         if record.get("eval_attack"):
             msg += f" pgd {rep['accuracy_adv']:.4f} dE(x) {rep['dE_x']['mean']:+.3f}"
     log(msg + f" ({record['epoch_seconds']:.1f}s)")
-
-
-def _write_outputs(
-    out: Path, model: nn.Module, record: dict[str, Any], state: TrainState, cfg: TrainConfig,
-    meta: dict[str, Any],
-) -> None:
-    kw = dict(metrics=record, config=asdict(cfg), **meta)
-    save_model(out / "last.safetensors", model, epoch=record["epoch"], **kw)
-    if _score(record) > state.best:
-        state.best, state.best_epoch = _score(record), record["epoch"]
-        save_model(out / "best.safetensors", model, epoch=record["epoch"], **kw)
-    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
-    write_csv(out / "energy.csv", state.history)
-    plot_dynamics(out / "energy_dynamics.png", state.history, title=str(meta.get("objective", "")))
+    if record.get("warning"):
+        log("warning: " + record["warning"])

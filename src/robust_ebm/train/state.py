@@ -111,8 +111,9 @@ def config_differences(
     old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
 ) -> list[str]:
     """``key: old -> new`` for every setting that differs (ignoring RESUME_IGNORED keys);
-    a key missing from ``old`` takes its value from ``defaults`` when given there."""
-    a, b = {**_flatten(defaults or {}), **_flatten(old)}, _flatten(new)
+    a key of ``new`` missing from ``old`` takes its value from ``defaults`` when given there."""
+    b = _flatten(new)
+    a = {**{k: v for k, v in _flatten(defaults or {}).items() if k in b}, **_flatten(old)}
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key.split(".")[-1] in RESUME_IGNORED:

@@ -2,7 +2,7 @@
 
 Each epoch, on fixed subsets, the model is attacked with PGD-k and we record clean and
 adversarial accuracy and summaries of E(x), E(x*), E(x,y), E(x*,y), dE(x), dE(x,y) and CE
-(:func:`robust_ebm.statistics.attacked_report`). Records go to ``metrics.jsonl`` (by the loop),
+(the pipeline of :func:`robust_ebm.analysis.analyze_energy`). Records go to ``metrics.jsonl`` (by the loop),
 ``energy.csv``, ``energy_dynamics.png`` and, optionally, TensorBoard event files here.
 Robust overfitting is flagged when validation
 robust accuracy falls from its best while mean dE(x) on training data diverges.
@@ -19,19 +19,21 @@ from typing import Any
 
 from torch import nn
 
+from ..analysis import TRACKED, analyze_energy
 from ..data import ImageDataset
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..reports.plots import pyplot, save_figure
-from ..statistics import attacked_energies, attacked_report
 
 
 def evaluate_subsets(
     model: nn.Module, subsets: dict[str, ImageDataset], attack: Any, batch_size: int
 ) -> dict[str, dict[str, Any]]:
-    """:func:`attacked_report` for each named subset."""
+    """For each named subset, the :data:`~robust_ebm.analysis.TRACKED` quantities of the
+    energy-under-attack pipeline (:func:`robust_ebm.analysis.analyze_energy`) for ``attack``."""
     return {
-        name: attacked_report(attacked_energies(model, ds.images, ds.labels, attack, batch_size))
+        name: analyze_energy(model, ds.images, ds.labels, {"attack": attack}, batch_size)
+        .report("attack", TRACKED)
         for name, ds in subsets.items()
     }
 

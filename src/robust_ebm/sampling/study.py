@@ -1,0 +1,243 @@
+"""Generation as a study: cached init statistics, SGLD samples, their files and metrics.
+
+Class-conditional SGLD with momentum on E(x, y) from a fitted initialisation (Beadini & Masi,
+arXiv 2304.04033; Mirza et al., arXiv 2407.06315; see docs/science.md). :func:`build_init`
+fits (or reuses) the class statistics of the pca and gaussian inits in a cache folder and says
+which happened; :func:`write_generation` samples and writes ``grid.png``, ``grid_x0.png``,
+``samples.npz`` (uint8 x and x0, y, float32 energy trajectory), ``energy.png``, ``energy.json``
+and ``metrics.json`` (FID/KID/IS/precision-recall on an independent feature network, or why
+they were skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..io import atomic_write_json, atomic_write_npz
+from .generate import save_grid
+from .init import ClassGaussianInit, ClassPCAInit, Init, NoiseInjectionInit, UniformInit
+from .sgld import SGLD
+
+__all__ = [
+    "CLASS_NAMES",
+    "INITS",
+    "build_init",
+    "check_training_data",
+    "default_stats_dir",
+    "energy_summary",
+    "parse_classes",
+    "real_subset",
+    "summary_text",
+    "to_uint8",
+    "write_generation",
+]
+
+INITS = ("pca", "gaussian", "uniform", "noise")
+
+CLASS_NAMES = {
+    "fashion_mnist": ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Boot"),
+}
+
+
+def parse_classes(text: str | None, num_classes: int) -> list[int]:
+    """Class indices from ``--classes`` text ("0,3,7"; None: all), checked against the model."""
+    if text is None:
+        return list(range(num_classes))
+    try:
+        classes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--classes expects comma-separated integers; got {text!r}") from None
+    if not classes:
+        raise UserError("--classes is empty")
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise UserError(f"--classes {bad} out of range: the model has {num_classes} classes")
+    if len(set(classes)) != len(classes):
+        raise UserError(f"--classes has duplicates: {text!r}")
+    return classes
+
+
+def check_training_data(
+    train_ds: Any, channels: int, classes: Sequence[int], init: str, dataset: str
+) -> None:
+    """UserError when the training images have another channel count than the model or, for
+    the inits fitted on them, lack one of the wanted classes."""
+    if tuple(train_ds.shape[:1]) != (channels,):
+        raise UserError(
+            f"checkpoint expects {channels}-channel images but {dataset} has "
+            f"{train_ds.shape[0]}; generate with the dataset it was trained on")
+    missing = sorted(set(classes) - set(torch.unique(train_ds.labels).tolist()))
+    if missing and init in ("pca", "gaussian", "noise"):
+        raise UserError(f"classes {missing} have no training images for the {init} init")
+
+
+def real_subset(train_ds: Any, n: int, seed: int) -> Any:
+    """A seeded random subset of ``n`` real images for the metrics (all of them when n is 0
+    or not smaller than the set)."""
+    if n and n < len(train_ds):
+        g = torch.Generator().manual_seed(seed)
+        return train_ds.subset(torch.randperm(len(train_ds), generator=g)[:n])
+    return train_ds
+
+
+def summary_text(result: dict[str, Any], energy: str, steps: int) -> str:
+    """A few lines for people: samples, mean energy at x0 and at the end, the metrics."""
+    metrics = result["metrics"]
+    text = [f"{result['n']} samples of {len(result['classes'])} classes -> {result['out']}",
+            f"  mean {energy} energy: {result['energy_start']:.3f} at x0 -> "
+            f"{result['energy_end']:.3f} after {steps} steps"]
+    if "fid" in metrics:
+        text.append(f"  FID {metrics['fid']:.2f}  KID {metrics['kid_mean']:.4f}  "
+                    f"IS {metrics['is_mean']:.2f}  precision {metrics['precision']:.3f}  "
+                    f"recall {metrics['recall']:.3f}")
+        text.append(f"  features: {metrics['features']}")
+    else:
+        text.append(f"  metrics skipped: {metrics['skipped']}")
+    return "\n".join(text)
+
+
+def default_stats_dir() -> Path:
+    """``$XDG_CACHE_HOME/robust_ebm/stats`` (``~/.cache/robust_ebm/stats`` without it)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "robust_ebm" / "stats"
+
+
+def build_init(
+    kind: str,
+    images: Tensor,
+    labels: Tensor,
+    dataset_name: str,
+    stats_dir: str | os.PathLike[str] | None = None,
+    *,
+    pca_variance: float = 0.95,
+    pca_sigma: float = 0.005,
+    noise_std: float = 0.5,
+) -> tuple[Init, dict[str, Any]]:
+    """The initialiser ``kind`` (one of :data:`INITS`) fitted on the training images, and a note.
+
+    pca and gaussian statistics are cached in ``stats_dir`` (default :func:`default_stats_dir`)
+    under a name holding the dataset and a hash of the settings; a cached file fitted on other
+    data is refitted. The note says ``stats_path``, ``stats_reused`` and
+    ``stats_refitted_mismatch`` (and, for pca, the components kept per class).
+    """
+    if kind == "uniform":
+        c, h, w = (int(s) for s in images.shape[1:])
+        return UniformInit((c, h, w)), {}
+    if kind == "noise":
+        return NoiseInjectionInit(noise_std).fit(images, labels), {}
+    if kind == "pca":
+        if not 0 < pca_variance <= 1:
+            raise UserError(f"--pca-variance must be in (0, 1] (a share); got {pca_variance}")
+        cls: type[ClassPCAInit | ClassGaussianInit] = ClassPCAInit
+        kwargs: dict[str, Any] = {"variance": pca_variance, "sigma": pca_sigma}
+    elif kind == "gaussian":
+        cls, kwargs = ClassGaussianInit, {}
+    else:
+        raise UserError(f"unknown init {kind!r}; choose from {', '.join(INITS)}")
+    key = hashlib.sha256(json.dumps(cls(**kwargs).config(), sort_keys=True).encode()).hexdigest()
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset_name)
+    folder = Path(stats_dir) if stats_dir else default_stats_dir()
+    path = folder / f"{safe}-train-{cls.name}-{key[:10]}.safetensors"
+    init, status = cls.load_or_fit(path, images, labels, on_mismatch="refit", **kwargs)
+    note: dict[str, Any] = {"stats_path": str(path), "stats_reused": status == "reused",
+                            "stats_refitted_mismatch": status == "refitted"}
+    if isinstance(init, ClassPCAInit):
+        note["pca_components"] = {int(c): len(v) for c, v in init.eigenvalues.items()}
+    return init, note
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """Images in [0, 1] -> uint8 numpy array (rounded)."""
+    return (x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def energy_summary(traj: Tensor, y: Tensor, classes: Sequence[int]) -> dict[str, Any]:
+    """Mean and std of the energy (steps + 1, M) at each step, overall and per class."""
+    out: dict[str, Any] = {
+        "overall": {"mean": traj.mean(1).tolist(), "std": traj.std(1, unbiased=False).tolist()},
+        "per_class": {},
+    }
+    for c in classes:
+        t = traj[:, y == c]
+        out["per_class"][str(c)] = {"mean": t.mean(1).tolist(),
+                                    "std": t.std(1, unbiased=False).tolist()}
+    return out
+
+
+def write_generation(
+    model: nn.Module,
+    init: Init,
+    sampler: SGLD,
+    out: str | os.PathLike[str],
+    *,
+    classes: Sequence[int],
+    n_per_class: int,
+    real: Any = None,
+    features: tuple[nn.Module, str] | None = None,
+    batch_size: int = 100,
+    seed: int = 0,
+    grid_cols: int = 10,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+    init_name: str = "",
+    real_set: str | None = None,
+) -> dict[str, Any] | None:
+    """Sample ``n_per_class`` images of each class and write the study's files to ``out``.
+
+    Under torchrun the chains are sharded over the ranks and rank 0 writes the merged samples,
+    identical to one process (:func:`~robust_ebm.evaluation.sharded_generation`).
+
+    Args:
+        real: the real images for the metrics (an ImageDataset subset); with ``features``
+            (network, its name) FID/KID/IS/precision-recall are computed, else skipped.
+        title: caption of the grid and the energy plot; ``init_name`` captions ``grid_x0``.
+        real_set: a description of ``real`` recorded in the metrics.
+    Returns:
+        ``n``, ``energy_start``/``energy_end`` (mean energy at x0 and at the end), the energy
+        ``summary``, ``metrics`` and ``files`` (name -> path); None on the other torchrun
+        ranks, which write nothing.
+    """
+    from ..evaluation.sharded import sharded_generation
+    from ..generation_metrics import generation_metrics
+    from ..reports.plots import plot_energy_trajectory
+
+    out = Path(out)
+    gen = sharded_generation(model, init, sampler, classes, n_per_class, batch_size, seed)
+    if gen is None:  # a torchrun rank other than 0: its chains went to rank 0
+        return None
+    assert gen.x0 is not None
+    files = {
+        "grid": save_grid(out / "grid.png", gen.x, gen.y, grid_cols, class_names, title),
+        "grid_x0": save_grid(out / "grid_x0.png", gen.x0, gen.y, grid_cols, class_names,
+                             f"starting points ({init_name})"),
+        "samples": atomic_write_npz(out / "samples.npz", x=to_uint8(gen.x), x0=to_uint8(gen.x0),
+                                    y=gen.y.numpy(),
+                                    energy_trajectory=gen.energy_trajectory.float().numpy()),
+    }
+    summary = energy_summary(gen.energy_trajectory, gen.y, classes)
+    files["energy_plot"] = plot_energy_trajectory(out / "energy.png", summary,
+                                                  str(sampler.energy), title, class_names)
+    files["energy"] = atomic_write_json(out / "energy.json", summary)
+    if features is not None and real is not None:
+        metrics: dict[str, Any] = generation_metrics(real.images, gen.x, features[0],
+                                                     features[1], seed=seed)
+        if real_set is not None:
+            metrics["real_set"] = real_set
+    else:
+        metrics = {"skipped": "no --features given: FID/KID/IS/precision-recall need a feature "
+                              "network (an independently trained classifier of the dataset)"}
+    files["metrics"] = atomic_write_json(out / "metrics.json", metrics)
+    return {"n": len(gen.y), "energy_start": summary["overall"]["mean"][0],
+            "energy_end": summary["overall"]["mean"][-1], "summary": summary,
+            "metrics": metrics, "files": files}
