@@ -340,3 +340,41 @@ def test_bad_anneal_raises_user_error():
 
     with pytest.raises(UserError, match="anneal"):
         TrainConfig(anneal="exp")
+
+
+# ---- raw [0,1] inputs: [model] normalize = false ----------------------------------------------
+
+def test_model_normalize_false_trains_on_raw_inputs(tmp_path, tiny_npz, capsys):
+    """`[model] normalize = false` builds the model without the data set's mean/std (the
+    published ECCV 2024 training feeds raw [0,1] inputs); the default keeps them."""
+    import json
+
+    from robust_ebm.checkpoint import load_model
+    from robust_ebm.cli import main
+    from robust_ebm.data import load_dataset
+
+    stats = load_dataset(str(tiny_npz), "train")
+    assert stats.mean[0] > 0.05 and stats.std[0] < 0.9  # so the two runs must differ
+    common = ["train", "--dataset", str(tiny_npz), "--epochs", "1", "--batch-size", "32",
+              "--val-size", "0", "--json", "--set", "train.eval_n=8", "--set", "train.energy_n=8"]
+    for normalize, (mean, std) in [(False, (0.0, 1.0)), (True, (stats.mean[0], stats.std[0]))]:
+        out = tmp_path / f"run-{normalize}"
+        code = main(common + ["--out", str(out), "--set", f"model.normalize={str(normalize).lower()}"])
+        _, err = capsys.readouterr()
+        assert code == 0, err
+        model = load_model(out / "model.safetensors")
+        assert float(model.normalize.mean) == pytest.approx(mean, abs=1e-6)
+        assert float(model.normalize.std) == pytest.approx(std, abs=1e-6)
+        run = json.loads((out / "run.json").read_text())
+        assert run.get("config", run)["model"]["normalize"] is normalize
+
+
+def test_model_normalize_must_be_a_boolean():
+    from robust_ebm.errors import UserError
+    from robust_ebm.train.config import default_config, model_spec
+
+    cfg = default_config()
+    assert model_spec(cfg) == ("small_cnn", True, {})
+    cfg["model"]["normalize"] = "no"
+    with pytest.raises(UserError, match="model.normalize"):
+        model_spec(cfg)

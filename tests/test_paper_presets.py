@@ -15,7 +15,14 @@ from robust_ebm.models import list_models
 from robust_ebm.objectives import make_objective
 from robust_ebm.sampling import SGLD, ClassPCAInit
 from robust_ebm.train.callbacks import eval_attack
-from robust_ebm.train.config import default_config, eval_config, load_toml, merge, train_config
+from robust_ebm.train.config import (
+    default_config,
+    eval_config,
+    load_toml,
+    merge,
+    model_spec,
+    train_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1] / "configs" / "paper"
 TRAIN = sorted(p for p in (ROOT / "eccv2024").glob("*.toml") if not p.name.startswith("generate"))
@@ -36,6 +43,7 @@ def test_eccv2024_training_preset_loads_with_the_published_recipe(path):
     obj = make_objective(cfg["objective"]["name"], **hp)
     assert cfg["data"]["dataset"] in list_datasets() and cfg["data"]["val_size"] == 0
     assert cfg["model"]["name"] == "resnet18" and "resnet18" in list_models()
+    assert model_spec(cfg) == ("resnet18", False, {})  # raw [0,1] inputs, as published
     assert (tcfg.epochs, tcfg.batch_size, tcfg.lr, tcfg.momentum, tcfg.weight_decay) == (
         100, 128, 0.1, 0.9, 5e-4)
     assert (tcfg.schedule, tcfg.pct_start, tcfg.anneal, tcfg.cycle_momentum) == (
@@ -101,3 +109,4 @@ def test_train_command_runs_a_preset(preset, tmp_path, tiny_npz, capsys):
     cfg = run.get("config", run)
     assert cfg["train"]["anneal"] == "cos" and cfg["train"]["cycle_momentum"] is True
     assert cfg["objective"]["clip_start"] is False and cfg["model"]["name"] == "resnet18"
+    assert cfg["model"]["normalize"] is False

@@ -20,7 +20,15 @@ from ..models import create_model, list_models
 from ..objectives import list_objectives, make_objective
 from ..provenance import write_run_json
 from ..train import PRECISIONS, SCHEDULES, default_callbacks, train
-from ..train.config import apply_set, default_config, eval_config, load_toml, merge, train_config
+from ..train.config import (
+    apply_set,
+    default_config,
+    eval_config,
+    load_toml,
+    merge,
+    model_spec,
+    train_config,
+)
 from ..train.loop import check_device_options
 from .common import (
     add_common_args,
@@ -144,7 +152,7 @@ def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
         raise UserError("--resume needs --out pointing at the interrupted run's folder")
     device = resolve_device(args.device)
     check_device_options(tcfg, device)
-    model_kw = {k: v for k, v in cfg["model"].items() if k != "name"}
+    model_name, normalize, model_kw = model_spec(cfg)
     full = load_dataset(data["dataset"], "train", data["data_dir"])
     test = load_dataset(data["dataset"], "test", data["data_dir"])
     if data["val_size"] >= len(full):
@@ -157,8 +165,8 @@ def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
         train_set = train_set.subset(torch.randperm(len(train_set), generator=g)[: data["train_subset"]])
     c = train_set.shape[0]
     torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
-    model = create_model(cfg["model"]["name"], train_set.num_classes, c, train_set.mean,
-                         train_set.std, **model_kw)
+    stats = (train_set.mean, train_set.std) if normalize else (None, None)  # None: raw [0, 1]
+    model = create_model(model_name, train_set.num_classes, c, *stats, **model_kw)
     is_main = int(os.environ.get("RANK", "0")) == 0
     out = output_dir(args, "train")
     if is_main and not args.resume:

@@ -3,7 +3,7 @@
 A run is described by four sections::
 
     [data]       dataset, data_dir, val_size, train_subset
-    [model]      name, plus architecture keyword arguments (e.g. depth, widen_factor)
+    [model]      name, normalize, plus architecture keyword arguments (e.g. depth, widen_factor)
     [objective]  name, plus the objective's hyperparameters (eps, step_size, steps, beta, ...)
     [train]      the fields of TrainConfig (epochs, lr, schedule, eval_eps, ...)
 
@@ -129,10 +129,25 @@ class EvalConfig:
 def default_config() -> dict[str, Any]:
     return {
         "data": {"dataset": "fashion_mnist", "data_dir": None, "val_size": 5000, "train_subset": None},
-        "model": {"name": "small_cnn"},
+        "model": {"name": "small_cnn", "normalize": True},
         "objective": {"name": "standard"},
         "train": {**asdict(TrainConfig()), **asdict(EvalConfig())},
     }
+
+
+def model_spec(cfg: dict[str, Any]) -> tuple[str, bool, dict[str, Any]]:
+    """The [model] section as (name, normalize, architecture keyword arguments).
+
+    ``normalize`` (default true) puts the training set's per-channel mean/std inside the model;
+    false feeds the network raw [0, 1] inputs, as the published ECCV 2024 training code
+    (Mirza et al., arXiv 2407.06315; docs/fidelity.md).
+    """
+    section = dict(cfg["model"])
+    name = section.pop("name")
+    normalize = section.pop("normalize", True)
+    if not isinstance(normalize, bool):
+        raise UserError(f"model.normalize must be true or false; got {normalize!r}")
+    return name, normalize, section
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

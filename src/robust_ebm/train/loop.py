@@ -201,7 +201,8 @@ class _Loop:
         if self.out is None or not (self.out / STATE_FILE).is_file():
             raise UserError(f"--resume: no {STATE_FILE} in {self.out}; nothing to resume")
         # settings a state written before they existed lacks: taken at their defaults
-        defaults = {"train": {**asdict(TrainConfig()), **asdict(EvalConfig())}}
+        defaults = {"train": {**asdict(TrainConfig()), **asdict(EvalConfig())},
+                    "model": {"normalize": True}}
         self.state = load_state(self.out / STATE_FILE, self.model, self.opt, self.sched,
                                 self.run_config, self.scaler, defaults=defaults)
 
