@@ -263,3 +263,33 @@ def test_cli_bad_input_one_line_exit_2(argv, needle, checkpoint, tmp_path, capsy
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err
+
+
+def test_cli_detect_published_protocol_flags(checkpoint, tmp_path, capsys):
+    """--positives all, --temperatures published and --step-size reach the library: every x*
+    is a positive in calibration and evaluation, the grid is the notebooks' (docs/fidelity.md)."""
+    from robust_ebm.detection.detector import PUBLISHED_TEMPERATURES
+
+    cal = tmp_path / "cal"
+    code = _main(["detect", "calibrate", "--checkpoint", checkpoint, "--dataset", "digits",
+                  "--cal-split", "train", "--n", 100, "--eps", 0.5, "--steps", 5,
+                  "--step-size", 0.05, "--temperatures", "published", "--positives", "all",
+                  "--out", cal, "--json"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    info = json.loads(stdout)["info"]
+    assert info["calibration"]["positives"] == "all" and info["step_size"] == 0.05
+    assert [r["temperature"] for r in info["calibration"]["grid"]] == list(PUBLISHED_TEMPERATURES)
+    n_adv = {}
+    for positives in ("all", "successful"):
+        code = _main(["detect", "evaluate", "--checkpoint", checkpoint, "--dataset", "digits",
+                      "--detector", cal / "detector.json", "--n", 40, "--attacks", "pgd",
+                      "--eps", 0.05, "--steps", 5, "--he-gammas", "none", "--no-adaptive",
+                      "--positives", positives, "--out", tmp_path / positives, "--json"])
+        stdout, err = capsys.readouterr()
+        assert code == 0, err
+        res = json.loads(stdout)
+        n_adv[positives] = res["attacks"]["pgd"]["n_adv"]
+        wrong = 1 - res["attacks"]["pgd"]["accuracy_adv"]
+    assert n_adv["all"] == 40
+    assert n_adv["successful"] == round(wrong * 40) < 40

@@ -78,8 +78,31 @@ def test_generate_other_inits_without_features(tmp_path, checkpoints, capsys, mo
     assert (tmp_path / "o" / "grid.png").is_file()
 
 
+def test_generate_published_sampler_flags(tmp_path, checkpoints, capsys, monkeypatch):
+    """--noise-scaling, --energy-reduction and --pca-rule reach the sampler and the PCA init:
+    the published 'below' rule keeps one component fewer per class than ours."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    runs = {}
+    for rule, extra in [("reach", []), ("below", ["--noise-scaling", "sqrt_2_step",
+                                                  "--energy-reduction", "mean"])]:
+        code, out, err = _run(capsys, "generate", "--checkpoint", checkpoints["model"],
+                              "--dataset", "digits", "--steps", "1", "--n-per-class", "1",
+                              "--classes", "0,1", "--pca-rule", rule, *extra,
+                              "--out", tmp_path / rule, "--json")
+        assert code == 0, err
+        runs[rule] = json.loads(out)
+    below, reach = runs["below"], runs["reach"]
+    assert below["sampler"]["noise_scaling"] == "sqrt_2_step"
+    assert below["sampler"]["energy_reduction"] == "mean"
+    assert reach["sampler"]["noise_scaling"] == "none"
+    assert below["init_config"]["component_rule"] == "below"
+    assert {c: k - 1 for c, k in reach["pca_components"].items()} == below["pca_components"]
+
+
 @pytest.mark.parametrize("extra,needle", [
     (["--init", "center"], "--init"),
+    (["--noise-scaling", "alpha"], "--noise-scaling"),
+    (["--pca-rule", "above"], "--pca-rule"),
     (["--classes", "0,42"], "out of range"),
     (["--classes", "a,b"], "comma-separated"),
     (["--momentum", "1.5"], "--momentum"),
