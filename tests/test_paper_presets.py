@@ -71,21 +71,54 @@ def test_beadini2023_presets_build_the_published_attacks_and_detector_grid():
     attack = make_attack(**he)
     assert (attack.steps, attack.loss.params["gamma"]) == (20, 1.5)
     assert float(attack.step_size) == pytest.approx(1 / 255)
-    det = _read(ROOT / "beadini2023" / "detector-cifar10.toml")
-    cal = make_attack(**det["attack"])
-    assert (cal.steps, float(cal.step_size)) == (40, pytest.approx(1 / 255))
-    assert tuple(det["detector"]["temperatures"]) == PUBLISHED_TEMPERATURES
-    assert det["detector"]["only_successful"] is False
 
 
-def test_eccv2024_generation_preset_builds_sampler_and_init():
-    gen = _read(ROOT / "eccv2024" / "generate-cifar10.toml")
-    init = dict(gen["init"])
-    assert init.pop("name") == ClassPCAInit.name
-    pca = ClassPCAInit(**init)
+def _cli(*words: str):
+    from robust_ebm.cli.main import parse_args
+
+    return parse_args(list(words))
+
+
+def test_beadini2023_detector_flags_file_gives_the_published_protocol():
+    path = str(ROOT / "beadini2023" / "detector-cifar10.toml")
+    cal = _cli("detect", "calibrate", "--config", path, "--dataset", "cifar10")
+    assert (cal.attack, cal.eps, cal.steps, cal.step_size) == ("pgd", pytest.approx(EPS), 40,
+                                                              pytest.approx(1 / 255))
+    assert (cal.temperatures, cal.positives, cal.direction) == ("published", "all", "below")
+    ev = _cli("detect", "evaluate", "--config", path, "--detector", "d.json", "--steps", "7")
+    assert (ev.positives, ev.step_size, ev.steps) == ("all", pytest.approx(1 / 255), 7)
+    assert not hasattr(ev, "temperatures")  # the [calibrate] table stays with calibrate
+    assert PUBLISHED_TEMPERATURES == (0.1, 0.2, 0.5, 1.0, 2.0, 10.0, 20.0)
+
+
+def test_eccv2024_generation_flags_file_builds_sampler_and_init():
+    args = _cli("generate", "--config", str(ROOT / "eccv2024" / "generate-cifar10.toml"),
+                "--steps", "5")  # a flag given on the command line wins
+    sgld = SGLD(step_size=args.step_size, momentum=args.momentum, noise_std=args.noise_std,
+                steps=args.steps, energy=args.energy, noise_scaling=args.noise_scaling,
+                energy_reduction=args.energy_reduction)
+    assert (sgld.step_size, sgld.steps, sgld.momentum, sgld.noise_scaling) == (
+        0.8, 5, 0.0, "sqrt_2_step")
+    assert (args.init, args.pca_variance, args.pca_sigma) == ("pca", 0.95, 0.005)
+    pca = ClassPCAInit(variance=args.pca_variance, sigma=args.pca_sigma,
+                       component_rule=args.pca_rule)
     assert pca.component_rule == "below"
-    sgld = SGLD(**gen["sampler"])
-    assert (sgld.step_size, sgld.steps, sgld.noise_scaling) == (0.8, 50, "sqrt_2_step")
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("noise_scaling = 'alpha'", "--noise-scaling"),
+    ("no_such_flag = 1", "unrecognized arguments: --no-such-flag"),
+    ("steps = [", "not valid TOML"),
+])
+def test_bad_flags_file_one_line_naming_the_file(tmp_path, capsys, content, needle):
+    from robust_ebm.cli import main
+
+    path = tmp_path / "bad.toml"
+    path.write_text(content + "\n")
+    code = main(["generate", "--config", str(path), "--out", str(tmp_path / "o")])
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and str(path) in lines[0] and needle in lines[0], err
 
 
 @pytest.mark.slow  # ResNet-18 on CPU: ~10-30 s

@@ -17,6 +17,7 @@ import torch
 from ..errors import UserError
 from .common import (
     add_common_args,
+    add_flags_file_arg,
     add_model_args,
     config_of,
     emit,
@@ -44,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser("calibrate", help="fit temperature and threshold on held-out data")
     add_model_args(c)
     add_common_args(c)
+    add_flags_file_arg(c)
     c.add_argument("--cal-split", choices=("val", "train", "test"), default="val",
                    help="held-out points: 'val' = the training run's validation split")
     c.add_argument("--val-size", type=int, default=None,
@@ -68,6 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = dsub.add_parser("evaluate", help="detector against attacks, adaptive attacks, HE-PGD")
     add_model_args(e)
     add_common_args(e)
+    add_flags_file_arg(e)
     e.add_argument("--detector", required=True, help="detector.json from 'detect calibrate'")
     e.add_argument("--split", choices=("train", "test"), default="test")
     e.add_argument("--n", type=positive_int, default=1000)

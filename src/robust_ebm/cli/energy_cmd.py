@@ -15,6 +15,7 @@ import torch
 from ..errors import UserError
 from .common import (
     add_common_args,
+    add_flags_file_arg,
     add_model_args,
     emit,
     float_batch,
@@ -38,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_common_args(p)
+    add_flags_file_arg(p)
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--n", type=positive_int, default=1000, help="use the first N samples")
     p.add_argument("--eps", type=nonnegative_float, required=True,

@@ -18,6 +18,7 @@ from ..distributed_eval import rank_device
 from ..errors import UserError
 from .common import (
     add_common_args,
+    add_flags_file_arg,
     add_model_args,
     emit,
     model_from_args,
@@ -48,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "FID/KID/IS of a checkpoint.")
     add_model_args(p)
     add_common_args(p)
+    add_flags_file_arg(p)
     p.add_argument("--init", choices=INITS, default="pca",
                    help="starting points: class-wise PCA (default), class Gaussian, U[0,1] noise, "
                         "or a real image plus noise")
