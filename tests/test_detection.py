@@ -293,3 +293,23 @@ def test_cli_detect_published_protocol_flags(checkpoint, tmp_path, capsys):
         wrong = 1 - res["attacks"]["pgd"]["accuracy_adv"]
     assert n_adv["all"] == 40
     assert n_adv["successful"] == round(wrong * 40) < 40
+
+
+def test_cli_energy_step_size_reaches_the_pgd_family(checkpoint, tmp_path, capsys):
+    """--step-size sets the step of PGD and HE-PGD: a vanishing step leaves PGD at its random
+    start (accuracy near clean), the default step drives it down."""
+    from robust_ebm.analysis import default_attacks
+
+    attacks, _ = default_attacks(0.2, ["pgd", "cw", "trades_kl", "he_pgd", "fgsm"], step_size=0.01)
+    assert all(float(attacks[n].step_size) == 0.01 for n in ("pgd", "cw", "trades_kl", "he_pgd"))
+    acc = {}
+    for name, extra in [("default", []), ("tiny", ["--step-size", 1e-9])]:
+        code = _main(["energy", "--checkpoint", checkpoint, "--dataset", "digits", "--n", 60,
+                      "--eps", 0.2, "--attacks", "pgd", "--steps", 5, "--no-sweep", *extra,
+                      "--out", tmp_path / name, "--json"])
+        stdout, err = capsys.readouterr()
+        assert code == 0, err
+        res = json.loads(stdout)
+        acc[name] = (res["attacks"]["pgd"]["accuracy_adv"], res["attacks"]["pgd"]["accuracy"])
+    assert acc["tiny"][0] > acc["default"][0] + 0.2
+    assert acc["tiny"][0] >= acc["tiny"][1] - 0.1

@@ -89,7 +89,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--search-n", type=positive_int, default=200,
                    help="calibration points used to search the adaptive HE-PGD gamma")
     e.add_argument("--step-size", type=nonnegative_float, default=None,
-                   help="step of the HE-PGD and adaptive attacks (default 2.5 * eps / steps)")
+                   help="step of the PGD family, HE-PGD and adaptive attacks, pixel units "
+                        "(default 2.5 * eps / steps)")
     e.add_argument("--batch-size", type=positive_int, default=500)
     _positives_arg(e)
     add_fast_args(e)
@@ -156,7 +157,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     gammas = ([] if str(args.he_gammas).strip().lower() == "none"
               else parse_floats(args.he_gammas, "--he-gammas"))
     attacks, notes = default_attacks(pgd_hp["eps"], names, pgd_hp["norm"], args.steps,
-                                     args.seed, square_queries=args.square_queries)
+                                     args.seed, square_queries=args.square_queries,
+                                     step_size=args.step_size)
     model, ds = load_model_and_data(args)
     device = next(model.parameters()).device
     model = fast_model(model, args)
