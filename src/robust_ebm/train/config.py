@@ -129,7 +129,7 @@ class EvalConfig:
 def default_config() -> dict[str, Any]:
     return {
         "data": {"dataset": "fashion_mnist", "data_dir": None, "val_size": 5000, "train_subset": None},
-        "model": {"name": "small_cnn", "normalize": True},
+        "model": {"name": "small_cnn"},  # normalize: true unless set (see model_spec)
         "objective": {"name": "standard"},
         "train": {**asdict(TrainConfig()), **asdict(EvalConfig())},
     }
