@@ -23,7 +23,9 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_catalog_is_complete():
-    assert list_datasets() == ["cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "svhn"]
+    assert list_datasets() == [
+        "cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "svhn", "tiny_imagenet",
+    ]
     for info in catalog.CATALOG.values():
         assert len(info.mean) == len(info.std) == info.shape[0]
         for split, names in info.splits.items():

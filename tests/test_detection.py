@@ -263,3 +263,53 @@ def test_cli_bad_input_one_line_exit_2(argv, needle, checkpoint, tmp_path, capsy
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err
+
+
+def test_cli_detect_published_protocol_flags(checkpoint, tmp_path, capsys):
+    """--positives all, --temperatures published and --step-size reach the library: every x*
+    is a positive in calibration and evaluation, the grid is the notebooks' (docs/fidelity.md)."""
+    from robust_ebm.detection.detector import PUBLISHED_TEMPERATURES
+
+    cal = tmp_path / "cal"
+    code = _main(["detect", "calibrate", "--checkpoint", checkpoint, "--dataset", "digits",
+                  "--cal-split", "train", "--n", 100, "--eps", 0.5, "--steps", 5,
+                  "--step-size", 0.05, "--temperatures", "published", "--positives", "all",
+                  "--out", cal, "--json"])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    info = json.loads(stdout)["info"]
+    assert info["calibration"]["positives"] == "all" and info["step_size"] == 0.05
+    assert [r["temperature"] for r in info["calibration"]["grid"]] == list(PUBLISHED_TEMPERATURES)
+    n_adv = {}
+    for positives in ("all", "successful"):
+        code = _main(["detect", "evaluate", "--checkpoint", checkpoint, "--dataset", "digits",
+                      "--detector", cal / "detector.json", "--n", 40, "--attacks", "pgd",
+                      "--eps", 0.05, "--steps", 5, "--he-gammas", "none", "--no-adaptive",
+                      "--positives", positives, "--out", tmp_path / positives, "--json"])
+        stdout, err = capsys.readouterr()
+        assert code == 0, err
+        res = json.loads(stdout)
+        n_adv[positives] = res["attacks"]["pgd"]["n_adv"]
+        wrong = 1 - res["attacks"]["pgd"]["accuracy_adv"]
+    assert n_adv["all"] == 40
+    assert n_adv["successful"] == round(wrong * 40) < 40
+
+
+def test_cli_energy_step_size_reaches_the_pgd_family(checkpoint, tmp_path, capsys):
+    """--step-size sets the step of PGD and HE-PGD: a vanishing step leaves PGD at its random
+    start (accuracy near clean), the default step drives it down."""
+    from robust_ebm.analysis import default_attacks
+
+    attacks, _ = default_attacks(0.2, ["pgd", "cw", "trades_kl", "he_pgd", "fgsm"], step_size=0.01)
+    assert all(float(attacks[n].step_size) == 0.01 for n in ("pgd", "cw", "trades_kl", "he_pgd"))
+    acc = {}
+    for name, extra in [("default", []), ("tiny", ["--step-size", 1e-9])]:
+        code = _main(["energy", "--checkpoint", checkpoint, "--dataset", "digits", "--n", 60,
+                      "--eps", 0.2, "--attacks", "pgd", "--steps", 5, "--no-sweep", *extra,
+                      "--out", tmp_path / name, "--json"])
+        stdout, err = capsys.readouterr()
+        assert code == 0, err
+        res = json.loads(stdout)
+        acc[name] = (res["attacks"]["pgd"]["accuracy_adv"], res["attacks"]["pgd"]["accuracy"])
+    assert acc["tiny"][0] > acc["default"][0] + 0.2
+    assert acc["tiny"][0] >= acc["tiny"][1] - 0.1

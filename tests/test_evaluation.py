@@ -304,3 +304,22 @@ def test_merge_refuses_overlaps_and_mixed_settings(checkpoint, tmp_path, capsys)
     assert not (tmp_path / "m").exists()
     with pytest.raises(UserError, match="past the end"):
         _attack_run(checkpoint, tmp_path / "d", "--start", "100000")
+
+
+def test_attack_cli_step_size_and_gamma(checkpoint, tmp_path, capsys):
+    """--step-size and --gamma reach the attacks: a vanishing step leaves PGD and HE-PGD near
+    their random start; an attack that sets its own step says so in one line."""
+    from robust_ebm.evaluation import build_attacks
+
+    (_, he), = build_attacks(["he_pgd"], {"eps": 0.1, "step_size": 0.01, "gamma": 0.5})
+    assert (float(he.step_size), he.loss.params["gamma"]) == (0.01, 0.5)
+    robust = {}
+    for name, extra in [("default", []), ("tiny", ["--step-size", "1e-9", "--gamma", "0.5"])]:
+        _attack_run(checkpoint, tmp_path / name, "--n", "40", "--eps", "0.3", "--attacks",
+                    "he_pgd", *extra)
+        robust[name] = json.loads(capsys.readouterr().out)["robust_accuracy"]
+    assert robust["tiny"] > robust["default"] + 0.2
+    args = _parse(["attack", "--checkpoint", str(checkpoint), "--dataset", "digits", "--eps",
+                   "0.1", "--attacks", "apgd_ce", "--step-size", "0.01", "--out", str(tmp_path / "x")])
+    with pytest.raises(UserError, match="attack 'apgd_ce'.*step_size"):
+        args.func(args)

@@ -78,8 +78,33 @@ def test_generate_other_inits_without_features(tmp_path, checkpoints, capsys, mo
     assert (tmp_path / "o" / "grid.png").is_file()
 
 
+def test_generate_published_sampler_flags(tmp_path, checkpoints, capsys, monkeypatch):
+    """--noise-scaling, --energy-reduction and --pca-rule reach the sampler and the PCA init:
+    the published 'below' rule keeps one component fewer per class than ours."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    flags = tmp_path / "published.toml"  # the 'below' run reads its flags from --config
+    flags.write_text('pca_rule = "below"\nnoise_scaling = "sqrt_2_step"\n'
+                     'energy_reduction = "mean"\nsteps = 3\n')
+    runs = {}
+    for rule, extra in [("reach", ["--pca-rule", "reach"]), ("below", ["--config", flags])]:
+        code, out, err = _run(capsys, "generate", "--checkpoint", checkpoints["model"],
+                              "--dataset", "digits", "--steps", "1", "--n-per-class", "1",
+                              "--classes", "0,1", *extra, "--out", tmp_path / rule, "--json")
+        assert code == 0, err
+        runs[rule] = json.loads(out)
+    below, reach = runs["below"], runs["reach"]
+    assert below["sampler"]["noise_scaling"] == "sqrt_2_step"
+    assert below["sampler"]["energy_reduction"] == "mean"
+    assert reach["sampler"]["noise_scaling"] == "none"
+    assert below["sampler"]["steps"] == 1  # the command line's --steps wins over the file
+    assert below["init_config"]["component_rule"] == "below"
+    assert {c: k - 1 for c, k in reach["pca_components"].items()} == below["pca_components"]
+
+
 @pytest.mark.parametrize("extra,needle", [
     (["--init", "center"], "--init"),
+    (["--noise-scaling", "alpha"], "--noise-scaling"),
+    (["--pca-rule", "above"], "--pca-rule"),
     (["--classes", "0,42"], "out of range"),
     (["--classes", "a,b"], "comma-separated"),
     (["--momentum", "1.5"], "--momentum"),

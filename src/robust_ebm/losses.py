@@ -29,6 +29,7 @@ from .errors import UserError
 from .registry import Registry
 
 __all__ = [
+    "KL_FORMS",
     "LOSSES",
     "LossFn",
     "NamedLoss",
@@ -41,6 +42,7 @@ __all__ = [
     "free_energy_loss",
     "he_loss",
     "joint_energy_loss",
+    "kl_divergence",
     "list_losses",
     "make_loss",
     "mart_loss",
@@ -115,14 +117,34 @@ def dlr_targeted(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
     return -num / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
-def trades_kl(logits: Tensor, y: Tensor, logits_nat: Tensor) -> Tensor:
+KL_FORMS = ("exact", "log_eps")
+
+
+def kl_divergence(logits_p: Tensor, logits_q: Tensor, kl_form: str = "exact") -> Tensor:
+    """KL(p || q) per sample, shape (N,), for p = softmax(logits_p), q = softmax(logits_q).
+
+    ``kl_form``: 'exact' (log-softmax, our default) or 'log_eps', the published WEAT and MART
+    form sum_k p_k (log p_k - log(q_k + 1e-12)) (TRADES itself uses the exact form). The two
+    differ only where some q_k falls below about 1e-8, where 'log_eps' saturates.
+    """
+    if kl_form == "exact":
+        return _energy.kl_divergence(logits_p, logits_q)
+    if kl_form != "log_eps":
+        raise UserError(f"kl_form must be one of {', '.join(KL_FORMS)}; got {kl_form!r}")
+    log_p = F.log_softmax(logits_p, dim=1)
+    log_q = torch.log(F.softmax(logits_q, dim=1) + 1e-12)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def trades_kl(logits: Tensor, y: Tensor, logits_nat: Tensor, kl_form: str = "exact") -> Tensor:
     """KL(p(.|x) || p(.|x')) with x the natural input, shape (N,) (Zhang et al., arXiv 1901.08573).
 
     ``logits`` are those of x', ``logits_nat`` those of x (computed once per batch by the
     attack); ``y`` is unused. Equals the sum of the two terms of
-    :func:`robust_ebm.energy.trades_kl_decomposition`.
+    :func:`robust_ebm.energy.trades_kl_decomposition`. ``kl_form`` as in :func:`kl_divergence`
+    ('log_eps' is the published WEAT inner attack).
     """
-    return _energy.kl_divergence(logits_nat, logits)
+    return kl_divergence(logits_nat, logits, kl_form)
 
 
 def free_energy_loss(logits: Tensor, y: Tensor, temperature: float = 1.0) -> Tensor:
@@ -150,7 +172,7 @@ LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
 LOSSES.add("ce", ce, targeted=ce_targeted, params=())
 LOSSES.add("cw", cw_margin, targeted=cw_margin_targeted, params=("kappa",))
 LOSSES.add("dlr", dlr, targeted=dlr_targeted, params=())
-LOSSES.add("trades_kl", trades_kl, targeted=None, params=(), needs_natural_logits=True)
+LOSSES.add("trades_kl", trades_kl, targeted=None, params=("kl_form",), needs_natural_logits=True)
 LOSSES.add("energy", free_energy_loss, targeted=None, params=("temperature",))
 LOSSES.add("joint_energy", joint_energy_loss, targeted=None, params=())
 LOSSES.add("he", he_loss, targeted=None, params=("gamma",))
@@ -206,6 +228,8 @@ def make_loss(name: str, sign: float = 1.0, **params: Any) -> NamedLoss:
         )
     if "kappa" in params and params["kappa"] is not None and not params["kappa"] >= 0:
         raise UserError(f"kappa must be >= 0; got {params['kappa']}")
+    if "kl_form" in params and params["kl_form"] not in KL_FORMS:
+        raise UserError(f"kl_form must be one of {', '.join(KL_FORMS)}; got {params['kl_form']!r}")
     if "temperature" in params and not params["temperature"] > 0:
         raise UserError(f"temperature must be > 0; got {params['temperature']}")
     if sign not in (1.0, -1.0):
@@ -226,12 +250,15 @@ def _check_beta(beta: float) -> None:
 
 def weighted_trades_loss(
     logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float, weights: Tensor | None = None,
-    ce_on: str = "nat", normalize: str = "batch",
+    ce_on: str = "nat", normalize: str = "batch", kl_form: str = "exact",
+    logits_p: Tensor | None = None,
 ) -> Tensor:
     """sum_i w_i [CE(f(x_i or x*_i), y_i) + beta KL(p(.|x_i) || p(.|x*_i))] / Z.
 
     The common form of TRADES (w = 1, CE on x) and WEAT (w = WEAT weights). ``normalize``:
     'batch' (Z = B, as published) or 'weight_sum' (Z = sum w). ``weights`` None means all ones.
+    ``kl_form``: see :func:`kl_divergence`. ``logits_p``: logits of x for the KL's p when they
+    come from another forward pass than ``logits_nat`` (published TRADES); default logits_nat.
     """
     _check_beta(beta)
     if ce_on not in ("nat", "adv"):
@@ -239,36 +266,46 @@ def weighted_trades_loss(
     if normalize not in ("batch", "weight_sum"):
         raise UserError(f"normalize must be 'batch' or 'weight_sum'; got {normalize!r}")
     ce_term = F.cross_entropy(logits_nat if ce_on == "nat" else logits_adv, y, reduction="none")
-    per_sample = ce_term + beta * _energy.kl_divergence(logits_nat, logits_adv)
+    p_logits = logits_nat if logits_p is None else logits_p
+    per_sample = ce_term + beta * kl_divergence(p_logits, logits_adv, kl_form)
     if weights is None:
         return per_sample.mean()
     total = (weights * per_sample).sum()
     return total / (weights.sum() if normalize == "weight_sum" else per_sample.shape[0])
 
 
-def trades_loss(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6.0) -> Tensor:
+def trades_loss(
+    logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6.0, kl_form: str = "exact",
+    logits_p: Tensor | None = None,
+) -> Tensor:
     """TRADES (Zhang et al. 2019, arXiv 1901.08573): CE(f(x), y) + beta KL(p(.|x) || p(.|x*)),
-    batch mean. By Prop. 1 of arXiv 2407.06315 the KL holds the marginal gap E(x) - E(x*)."""
-    return weighted_trades_loss(logits_nat, logits_adv, y, beta)
+    batch mean. By Prop. 1 of arXiv 2407.06315 the KL holds the marginal gap E(x) - E(x*).
+    ``kl_form`` and ``logits_p`` as in :func:`weighted_trades_loss`."""
+    return weighted_trades_loss(logits_nat, logits_adv, y, beta, kl_form=kl_form,
+                                logits_p=logits_p)
 
 
 def weat_loss(
     logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6.0, variant: str = "adv",
-    normalize: str = "batch",
+    normalize: str = "batch", kl_form: str = "exact",
 ) -> Tensor:
     """WEAT (Mirza et al. 2024, arXiv 2407.06315, Sec. 4): TRADES terms weighted per sample by
     w = 1/softplus(|E(x)|) of the NATURAL input, detached. ``variant`` 'adv' puts the CE on x*
-    (WEAT_adv), 'nat' on x (WEAT_nat). ``normalize`` 'batch' divides by B as published."""
+    (WEAT_adv), 'nat' on x (WEAT_nat). ``normalize`` 'batch' divides by B as published.
+    ``kl_form`` 'log_eps' is the published KL (see :func:`kl_divergence`)."""
     if variant not in ("adv", "nat"):
         raise UserError(f"WEAT variant must be 'adv' or 'nat'; got {variant!r}")
     w = _energy.weat_weights(_energy.free_energy(logits_nat)).detach()
-    return weighted_trades_loss(logits_nat, logits_adv, y, beta, w, variant, normalize)
+    return weighted_trades_loss(logits_nat, logits_adv, y, beta, w, variant, normalize, kl_form)
 
 
-def mart_loss(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6.0) -> Tensor:
+def mart_loss(
+    logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6.0, kl_form: str = "exact"
+) -> Tensor:
     """MART (Wang et al. 2020, ICLR): boosted CE on x* + beta KL(p(.|x)||p(.|x*)) (1 - p(y|x)).
 
-    Boosted CE = CE(f(x*), y) - log(1 - max_{k != y} p(k|x*)).
+    Boosted CE = CE(f(x*), y) - log(1 - max_{k != y} p(k|x*)). ``kl_form`` 'log_eps' is the
+    published KL (see :func:`kl_divergence`).
     """
     _check_beta(beta)
     p_adv = F.softmax(logits_adv, dim=1)
@@ -277,5 +314,5 @@ def mart_loss(logits_nat: Tensor, logits_adv: Tensor, y: Tensor, beta: float = 6
     boost = -torch.log(1.0001 - p_adv.gather(1, other[:, None]).squeeze(1) + 1e-12)
     bce = F.cross_entropy(logits_adv, y, reduction="none") + boost
     p_true = F.softmax(logits_nat, dim=1).gather(1, y[:, None]).squeeze(1)
-    kl = _energy.kl_divergence(logits_nat, logits_adv)
+    kl = kl_divergence(logits_nat, logits_adv, kl_form)
     return bce.mean() + beta * (kl * (1.0000001 - p_true)).mean()

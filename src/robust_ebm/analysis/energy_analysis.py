@@ -91,6 +91,7 @@ def default_attacks(
     seed: int | None = 0,
     he_gamma: float = 1.5,
     square_queries: int = 1000,
+    step_size: float | None = None,
 ) -> tuple[dict[str, Attack], list[str]]:
     """The analysis's attacks at budget ``eps``, and notes on any that were skipped.
 
@@ -98,7 +99,8 @@ def default_attacks(
     2.5 * eps / steps; APGD-CE/-DLR/-T 100 iterations (APGD-T: 9 target classes); Square
     (``square_queries`` queries) and FAB-T (multi-targeted, 10 steps) through torchattacks,
     skipped with a note when it is missing; ``noise`` = :class:`RandomNoise`.
-    ``steps`` overrides every iterative attack's count (PGD family, APGD, FAB).
+    ``steps`` overrides every iterative attack's count (PGD family, APGD, FAB); ``step_size``
+    (pixel units) the step of the PGD family (PGD, CW, TRADES-KL, HE-PGD).
     """
     from ..attacks import make_attack
     from ..attacks.reference import import_torchattacks
@@ -114,9 +116,10 @@ def default_attacks(
         elif name == "fgsm":
             out[name] = make_attack("fgsm", **base)
         elif name in ("pgd", "cw", "trades_kl"):
-            out[name] = make_attack(name, steps=pgd_steps, **base)
+            out[name] = make_attack(name, steps=pgd_steps, step_size=step_size, **base)
         elif name == "he_pgd":
-            out[name] = make_attack("he_pgd", gamma=he_gamma, steps=pgd_steps, **base)
+            out[name] = make_attack("he_pgd", gamma=he_gamma, steps=pgd_steps,
+                                    step_size=step_size, **base)
         elif name in ("apgd_ce", "apgd_dlr", "apgd_t"):
             out[name] = make_attack(name, steps=apgd_steps, **base)
         elif name in ("square", "fab"):

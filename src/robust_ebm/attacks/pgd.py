@@ -200,11 +200,14 @@ def starting_point(
     rows: Tensor,
     start: str,
     start_std: float,
+    clip_start: bool = True,
 ) -> Tensor:
     """The first iterate for samples ``rows`` (positions in the batch) whose inputs are ``x``.
 
     start: 'none' (x itself), 'uniform' (the geometry's random start in the ball) or 'normal'
     (x + start_std * N(0, 1), TRADES); each drawn from the samples' own random streams.
+    ``clip_start=False`` leaves the random start unprojected (the published TRADES/MART/WEAT
+    start: the first gradient is taken outside the box); every step still projects.
     """
     if start == "none":
         return x.clone()
@@ -217,7 +220,8 @@ def starting_point(
         delta = geometry.init(sample, eps)
     else:
         delta = sample("normal", None) * start_std
-    return geometry.project_bounds(delta.add_(x), *bounds)  # x + delta, without a new tensor
+    x_start = delta.add_(x)  # x + delta, without a new tensor
+    return geometry.project_bounds(x_start, *bounds) if clip_start else x_start
 
 
 def loss_and_gradient(
@@ -301,6 +305,7 @@ def gradient_ascent(
     start_std: float = 0.0,
     restarts: int = 1,
     early_stop: bool = False,
+    clip_start: bool = True,
 ) -> Tensor:
     """The PGD loop (Madry et al., arXiv 1706.06083). Returns x_adv in the work dtype.
 
@@ -316,6 +321,7 @@ def gradient_ascent(
             successful. Per sample the kept result is the successful one, else the
             highest-loss one.
         early_stop: a sample stops moving at the first iterate that succeeds.
+        clip_start: project the random start (see :func:`starting_point`).
     """
     x = prob.x
     everyone = torch.arange(x.shape[0], device=x.device)
@@ -331,7 +337,7 @@ def gradient_ascent(
         bounds = geometry.bounds(x_run, eps_run)
         x_adv = starting_point(
             prob, geometry, x=x_run, eps=eps_run, bounds=bounds, rows=rows,
-            start=start, start_std=start_std,
+            start=start, start_std=start_std, clip_start=clip_start,
         )  # fmt: skip
         x_adv, stops = ascend(
             model, prob, geometry, x_adv=x_adv, bounds=bounds, step_size=step_run, rows=rows,
@@ -373,6 +379,8 @@ class PGD:
             ``loss(logits, y) -> (N,)``, ascended.
         random_start: start uniformly in the ball (else at x).
         init_std: if set, start at x + init_std * N(0, 1) instead (TRADES uses 0.001).
+        clip_start: project the random start onto the ball and [0, 1] (default). False keeps
+            it unclipped, as the published TRADES, MART and WEAT code (docs/fidelity.md).
         restarts: runs with fresh starts for samples not yet fooled; keeps each sample's best.
         targeted: False, True/'given' (pass targets=), 'random' or 'least_likely'.
         early_stop: stop moving a sample at its first successful iterate.
@@ -391,6 +399,7 @@ class PGD:
     targeted: bool | str = False
     early_stop: bool = False
     seed: int | None = 0
+    clip_start: bool = True
 
     def __post_init__(self) -> None:
         check_common(self.eps, self.steps, self.step_size, self.restarts)
@@ -429,6 +438,7 @@ class PGD:
                 start_std=float(self.init_std or 0.0),
                 restarts=self.restarts,
                 early_stop=self.early_stop,
+                clip_start=self.clip_start,
             )
         return finish(x, x_adv, geometry, eps)
 

@@ -58,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="iterations for attacks that take steps (default: each attack's own)")
+    p.add_argument("--step-size", type=nonnegative_float, default=None,
+                   help="step of every PGD-family attack, pixel units (default 2.5 * eps / steps)")
+    p.add_argument("--gamma", type=float, default=None, help="gamma of he_pgd (default 1.5)")
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--sanity", action="store_true",
                    help="also run the gradient-masking sanity checks (on up to 200 points)")
@@ -90,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
     if not names:
         raise UserError("--attacks is empty; give e.g. --attacks pgd,apgd_ce")
     hp: dict[str, Any] = {"eps": args.eps, "norm": args.norm, "seed": args.seed}
-    if args.steps is not None:
-        hp["steps"] = args.steps
+    for key in ("steps", "step_size", "gamma"):
+        if getattr(args, key) is not None:
+            hp[key] = getattr(args, key)
     attacks = build_attacks(names, hp)  # bad names fail before loading
     device = rank_device(resolve_device(args.device))  # under torchrun: this rank's GPU
     model, ds = model_and_split(args, args.split, args.n, args.start)

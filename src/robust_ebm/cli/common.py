@@ -198,3 +198,39 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "fits and reports what it skipped)")
     # --dataset defaults to the checkpoint's own dataset where it records one (either order)
     p.set_defaults(dataset=None, dataset_from_checkpoint=True)
+
+
+def add_flags_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", dest="flags_file", default=None, metavar="FILE",
+                   help="TOML of this command's flags (key = flag name; a [calibrate], "
+                        "[evaluate], ... table applies to that action); flags given win")
+
+
+def with_flags_file(argv: list[str], path: str) -> list[str]:
+    """``argv`` with the flags of the TOML file ``path`` inserted after the command words, so
+    that flags given on the command line (later) win. Keys are flag names (``step_size`` or
+    ``step-size``); true adds a switch, false leaves it off, a list is joined by commas; a
+    table named after a command word (``[calibrate]``) adds its keys for that action only."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    n_words = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    words = argv[:n_words]
+    flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    for name, table in ((k, v) for k, v in data.items() if isinstance(v, dict)):
+        if name in words:
+            flat |= table
+    extra: list[str] = []
+    for key, value in flat.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            extra += [flag] if value else []
+        else:
+            text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+            extra += [flag, text]
+    return words + extra + argv[n_words:]

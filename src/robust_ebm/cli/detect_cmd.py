@@ -17,6 +17,7 @@ import torch
 from ..errors import UserError
 from .common import (
     add_common_args,
+    add_flags_file_arg,
     add_model_args,
     config_of,
     emit,
@@ -60,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "attacked with PGD; writes detector.json.", epilog=_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(c)
     add_common_args(c)
+    add_flags_file_arg(c)
     c.add_argument("--cal-split", choices=("val", "train", "test"), default="val",
                    help="held-out points: 'val' = the training run's validation split")
     c.add_argument("--val-size", type=int, default=None,
@@ -71,10 +73,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--norm", choices=("linf", "l2"), default="linf")
     c.add_argument("--attack", default="pgd", help="calibration attack (default pgd)")
     c.add_argument("--steps", type=positive_int, default=20)
-    c.add_argument("--temperatures", default=",".join(f"{t:g}" for t in TEMPERATURES))
+    c.add_argument("--step-size", type=nonnegative_float, default=None,
+                   help="attack step, pixel units (default 2.5 * eps / steps)")
+    c.add_argument("--temperatures", default=",".join(f"{t:g}" for t in TEMPERATURES),
+                   help="comma-separated grid, or 'published' (the notebooks' grid, no T = 5)")
     c.add_argument("--direction", choices=("below", "above", "auto"), default="below",
                    help="flag E_T <= tau (below, the paper), >= tau, or pick the better side")
     c.add_argument("--batch-size", type=positive_int, default=500)
+    _positives_arg(c)
     c.set_defaults(func=run_calibrate)
 
     e = dsub.add_parser(
@@ -84,6 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(e)
     add_common_args(e)
+    add_flags_file_arg(e)
     e.add_argument("--detector", required=True, help="detector.json from 'detect calibrate'")
     e.add_argument("--split", choices=("train", "test"), default="test")
     e.add_argument("--n", type=positive_int, default=1000)
@@ -101,9 +108,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="weight of the detector penalty of the detector-aware attack")
     e.add_argument("--search-n", type=positive_int, default=200,
                    help="calibration points used to search the adaptive HE-PGD gamma")
+    e.add_argument("--step-size", type=nonnegative_float, default=None,
+                   help="step of the PGD family, HE-PGD and adaptive attacks, pixel units "
+                        "(default 2.5 * eps / steps)")
     e.add_argument("--batch-size", type=positive_int, default=500)
+    _positives_arg(e)
     add_fast_args(e)
     e.set_defaults(func=run_evaluate)
+
+
+def _positives_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--positives", choices=("successful", "all"), default="successful",
+                   help="x* counted as adversarial: those that fool the model, or every x* "
+                        "(the published protocol, docs/fidelity.md)")
 
 
 def _calibration_points(args: argparse.Namespace, cal_split: str, n: int,
@@ -119,24 +136,30 @@ def _calibration_points(args: argparse.Namespace, cal_split: str, n: int,
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from ..attacks import make_attack
+    from ..detection.detector import PUBLISHED_TEMPERATURES
     from ..detection.workflow import calibration_text, write_calibration
     from ..provenance import write_run_json
 
-    temps = parse_floats(args.temperatures, "--temperatures")
+    temps = (list(PUBLISHED_TEMPERATURES) if args.temperatures.strip() == "published"
+             else parse_floats(args.temperatures, "--temperatures"))
     if any(t <= 0 for t in temps):
         raise UserError(f"--temperatures must be > 0; got {args.temperatures}")
     hp = {"eps": args.eps, "norm": args.norm, "seed": args.seed}
     if args.attack != "fgsm":
         hp["steps"] = args.steps
+    if args.step_size is not None:
+        hp["step_size"] = args.step_size
     attack = make_attack(args.attack, **hp)
     model, x, y, source = _calibration_points(args, args.cal_split, args.n, args.val_size,
                                               args.val_seed)
     out = output_dir(args, "detect-calibrate")
     write_run_json(out, config_of(args), args.seed, next(model.parameters()).device)
     info = {"checkpoint": str(args.checkpoint), "source": source, "attack": args.attack,
-            "eps": args.eps, "norm": args.norm, "steps": args.steps, "seed": args.seed}
+            "eps": args.eps, "norm": args.norm, "steps": args.steps, "seed": args.seed,
+            "step_size": args.step_size}
     result = write_calibration(model, x, y, attack, out, temperatures=temps,
-                               direction=args.direction, batch_size=args.batch_size, info=info)
+                               direction=args.direction, batch_size=args.batch_size, info=info,
+                               only_successful=args.positives == "successful")
     emit(result, args.json, calibration_text(result) + f"\nsaved to {out / 'detector.json'}")
     return 0
 
@@ -149,11 +172,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     info = det.info
     workflow.check_disjoint(info, str(args.dataset), args.split)
     pgd_hp = workflow.attack_budget(info, args.eps, args.norm, args.steps, args.seed)
+    he_hp = pgd_hp if args.step_size is None else pgd_hp | {"step_size": args.step_size}
     names = parse_names(args.attacks, "--attacks")
     gammas = ([] if str(args.he_gammas).strip().lower() == "none"
               else parse_floats(args.he_gammas, "--he-gammas"))
     attacks, notes = default_attacks(pgd_hp["eps"], names, pgd_hp["norm"], args.steps,
-                                     args.seed, square_queries=args.square_queries)
+                                     args.seed, square_queries=args.square_queries,
+                                     step_size=args.step_size)
     model, ds = load_model_and_data(args)
     device = next(model.parameters()).device
     model = fast_model(model, args)
@@ -165,14 +190,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         cal = None if not src else _calibration_points(
             args, src["split"], min(args.search_n, int(src["n"])), src.get("val_size"),
             src.get("val_seed"))[1:3]
-        adaptive, extra = workflow.adaptive_setup(model, det, pgd_hp, cal, lam=args.lam,
+        adaptive, extra = workflow.adaptive_setup(model, det, he_hp, cal, lam=args.lam,
                                                   batch_size=args.batch_size, notes=notes)
         attacks |= adaptive
         meta |= extra
     log = None if args.json else (lambda s: print(f"  {s}", flush=True))
     done = workflow.write_evaluation(model, x, y, det, attacks, out, gammas=gammas,
-                                     attack_hp=pgd_hp, notes=notes, meta=meta,
-                                     batch_size=args.batch_size, log=log)
+                                     attack_hp=he_hp, notes=notes, meta=meta,
+                                     batch_size=args.batch_size, log=log,
+                                     only_successful=args.positives == "successful")
     if done is None:  # a torchrun rank other than 0: rank 0 wrote the merged evaluation
         return 0
     result, md = done

@@ -15,6 +15,7 @@ import torch
 from ..errors import UserError
 from .common import (
     add_common_args,
+    add_flags_file_arg,
     add_model_args,
     emit,
     finite_float,
@@ -44,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_common_args(p)
+    add_flags_file_arg(p)
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("--n", type=positive_int, default=1000, help="use the first N samples")
     p.add_argument("--eps", type=nonnegative_float, required=True,
@@ -54,6 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=None,
                    help="iterations of every iterative attack (default: PGD family 20, APGD 100)")
     p.add_argument("--he-gamma", type=finite_float, default=1.5, help="gamma of he_pgd")
+    p.add_argument("--step-size", type=nonnegative_float, default=None,
+                   help="step of the PGD family, pixel units (default 2.5 * eps / steps)")
     p.add_argument("--square-queries", type=positive_int, default=1000)
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--no-sweep", action="store_true", help="skip the PGD steps/eps sweep")
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--sweep-eps must be >= 0")
     # bad attack names fail before anything is loaded
     attacks, notes = default_attacks(args.eps, names, args.norm, args.steps, args.seed,
-                                     args.he_gamma, args.square_queries)
+                                     args.he_gamma, args.square_queries, args.step_size)
     model, ds = load_model_and_data(args)
     device = next(model.parameters()).device
     x, y = float_batch(ds.subset(torch.arange(min(args.n, len(ds)))), device)

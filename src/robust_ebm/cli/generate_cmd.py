@@ -20,6 +20,7 @@ from ..distributed_eval import rank_device
 from ..errors import UserError
 from .common import (
     add_common_args,
+    add_flags_file_arg,
     add_model_args,
     emit,
     model_from_args,
@@ -41,6 +42,7 @@ def _momentum(text: str) -> float:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..sampling import ENERGIES
+    from ..sampling.sgld import NOISE_SCALINGS, REDUCTIONS
     from ..sampling.study import INITS
 
     p = sub.add_parser(
@@ -55,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     add_common_args(p)
+    add_flags_file_arg(p)
     p.add_argument("--init", choices=INITS, default="pca",
                    help="starting points: class-wise PCA (default), class Gaussian, U[0,1] noise, "
                         "or a real image plus noise")
@@ -66,12 +69,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="std of the Gaussian noise added each step (default 0.001)")
     p.add_argument("--energy", choices=ENERGIES, default="joint",
                    help="energy to descend: joint E(x,y) (default), free E(x), ce")
+    p.add_argument("--noise-scaling", choices=NOISE_SCALINGS, default="none",
+                   help="sqrt_2_step: noise times sqrt(2 * eta), the published alpha")
+    p.add_argument("--energy-reduction", choices=REDUCTIONS, default="sum",
+                   help="mean: gradient of the batch mean (published 'ce'; steps shrink by 1/N)")
     p.add_argument("--n-per-class", type=positive_int, default=10)
     p.add_argument("--classes", default=None, help="comma-separated class indices (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--pca-variance", type=positive_float, default=0.95,
                    help="retained-variance target of the PCA init, in (0, 1]")
     p.add_argument("--pca-sigma", type=nonnegative_float, default=0.005, help="sigma_pca")
+    p.add_argument("--pca-rule", choices=("reach", "below"), default="reach",
+                   help="PCA count: smallest reaching the target, or largest below it (published)")
     p.add_argument("--noise-init-std", type=nonnegative_float, default=0.5,
                    help="noise std of the noise-injection init")
     p.add_argument("--stats-dir", default=None,
@@ -118,9 +127,11 @@ def run(args: argparse.Namespace) -> int:
     out = start_run(args, "generate", device)
     init, init_note = study.build_init(
         args.init, train_ds.images, train_ds.labels, train_ds.name, args.stats_dir,
-        pca_variance=args.pca_variance, pca_sigma=args.pca_sigma, noise_std=args.noise_init_std)
+        pca_variance=args.pca_variance, pca_sigma=args.pca_sigma, pca_rule=args.pca_rule,
+        noise_std=args.noise_init_std)
     sampler = SGLD(step_size=args.step_size, momentum=args.momentum, noise_std=args.noise_std,
-                   steps=args.steps, energy=args.energy)
+                   steps=args.steps, energy=args.energy, noise_scaling=args.noise_scaling,
+                   energy_reduction=args.energy_reduction)
     objective = (read_metadata(args.checkpoint).get("objective", "?")
                  if str(args.checkpoint).endswith(".safetensors") else "?")
     what = (f"{objective} {model.arch['name']} | init {args.init}, "

@@ -96,6 +96,26 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split()) or "unknown error"
 
 
+def parse_args(words: list[str]) -> argparse.Namespace:
+    """The parsed command line; a ``--config FILE`` of detect, energy or generate supplies flags
+    that the command line did not give (:func:`robust_ebm.cli.common.with_flags_file`)."""
+    path = None
+    if words and words[0] in ("detect", "energy", "generate"):
+        for i, word in enumerate(words):
+            if word == "--config" and i + 1 < len(words):
+                path = words[i + 1]
+            elif word.startswith("--config="):
+                path = word.split("=", 1)[1]
+    if path is None:
+        return build_parser().parse_args(words)
+    from .common import with_flags_file
+
+    try:
+        return build_parser().parse_args(with_flags_file(words, path))
+    except UserError as exc:
+        raise UserError(f"{exc} (flags from {path})") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 2 bad input or environment, 1 internal error)."""
     argv = list(argv) if argv is not None else sys.argv[1:]
@@ -104,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     code = 1
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(list(argv) if argv is not None else sys.argv[1:])
         code = int(args.func(args))
         return code
     except UserError as exc:

@@ -11,7 +11,15 @@ from .dataset import ImageDataset, split_train_val
 from .download import download_dataset
 from .loader import Augment, TensorLoader
 from .locate import cache_dir, dataset_status, load_dataset, verify_dataset
-from .readers import read_cifar, read_digits, read_idx, read_idx_split, read_npz, read_svhn
+from .readers import (
+    read_cifar,
+    read_digits,
+    read_idx,
+    read_idx_split,
+    read_npz,
+    read_svhn,
+    read_tiny_imagenet,
+)
 
 __all__ = [
     "CATALOG",
@@ -32,6 +40,7 @@ __all__ = [
     "read_idx_split",
     "read_npz",
     "read_svhn",
+    "read_tiny_imagenet",
     "split_train_val",
     "verify_dataset",
 ]

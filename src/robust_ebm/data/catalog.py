@@ -43,7 +43,8 @@ class DatasetInfo:
     Attributes:
         name: Catalog name (``fashion_mnist``).
         format: A registered format (:data:`robust_ebm.data.readers.FORMATS`): ``idx``,
-            ``cifar10``, ``cifar100``, ``svhn`` or ``digits``.
+            ``cifar10``, ``cifar100``, ``svhn``, ``tiny_imagenet`` (the ``image``/``label``
+            ``.npz`` repack) or ``digits``.
         num_classes: Number of classes K; labels are in [0, K).
         shape: (C, H, W) of one image.
         mean: Per-channel mean in [0, 1] units (training split).
@@ -87,6 +88,8 @@ _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _KRIZ_URL = "https://www.cs.toronto.edu/~kriz/"
 _SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+# the Tiny-ImageNet-200 repack read by the ECCV 2024 code (arXiv 2407.06315, load_tiny_imagenet.py)
+_TINY_URL = "https://huggingface.co/wzekai99/DM-Improves-AT/resolve/main/others/dataset/tiny-imagenet-200/"
 
 _DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
@@ -202,6 +205,22 @@ _DATASETS: dict[str, DatasetInfo] = {
         },
         sizes={"train": 73257, "test": 26032, "extra": 531131},
         homepage="http://ufldl.stanford.edu/housenumbers/",
+    ),
+    "tiny_imagenet": DatasetInfo(
+        name="tiny_imagenet",
+        format="tiny_imagenet",
+        num_classes=200,
+        shape=(3, 64, 64),
+        # as given by the ECCV 2024 code for this repack (not recomputed here)
+        mean=(0.4802, 0.4481, 0.3975),
+        std=(0.2302, 0.2265, 0.2262),
+        files=(
+            RemoteFile("train.npz", _TINY_URL + "train.npz", "db414016436353892fdf00cb30b9ee57"),
+            RemoteFile("val.npz", _TINY_URL + "val.npz", "7762694b6217fec8ba1a7be3c20ef218"),
+        ),
+        splits={"train": ("train.npz",), "test": ("val.npz",)},
+        sizes={"train": 100000, "test": 10000},
+        homepage="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
     ),
     "digits": DatasetInfo(
         name="digits",

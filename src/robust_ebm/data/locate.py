@@ -197,7 +197,7 @@ def load_dataset(
 
     Args:
         name: A catalog name (``fashion_mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``svhn``,
-            ``digits``) or the path of a ``.npz`` file (see :func:`readers.read_npz`; its
+            ``tiny_imagenet``, ``digits``) or the path of a ``.npz`` file (see :func:`readers.read_npz`; its
             mean/std are computed from the loaded images).
         split: ``train`` or ``test`` (``extra`` for SVHN).
         data_dir: Searched first; see the module docstring for the full search order.

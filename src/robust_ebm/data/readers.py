@@ -9,6 +9,8 @@ Each reader returns ``(images, labels)``: a uint8 tensor (N, C, H, W) and an int
 * SVHN ``*_32x32.mat`` (MATLAB v5, via scipy); label 10 means digit 0.
 * scikit-learn digits (8x8, values 0..16), split 80/20 stratified with seed 0.
 * Generic ``.npz`` with uint8 images (see :func:`read_npz` for the accepted layouts).
+* Tiny-ImageNet-200 as the ``.npz`` repack the ECCV 2024 code reads (``image`` (N, 64, 64, 3)
+  uint8, ``label`` (N,)); the validation set serves as the test split, as there.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "read_idx_split",
     "read_npz",
     "read_svhn",
+    "read_tiny_imagenet",
     "restricted_unpickle",
 ]
 
@@ -366,6 +369,28 @@ def read_npz(path: str | Path, split: str = "train") -> tuple[Tensor, Tensor, in
     return torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64)), k
 
 
+# ------------------------------------------------------------------------------ tiny-imagenet
+def read_tiny_imagenet(path: str | Path) -> Pair:
+    """Read one split of the Tiny-ImageNet ``.npz`` repack: keys ``image`` and ``label``."""
+    path = Path(path)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise CorruptDataError(f"{path}: cannot read the .npz file ({exc})") from exc
+    with npz:
+        if not {"image", "label"} <= set(npz.files):
+            raise CorruptDataError(
+                f"{path}: found keys {sorted(npz.files)}; a Tiny-ImageNet file has image and label"
+            )
+        x = npz_to_nchw(npz["image"], f"{path}:image")
+        y = np.asarray(npz["label"]).reshape(-1)
+    if y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
+        raise CorruptDataError(f"{path}: {x.shape[0]} images but labels of shape {y.shape}, {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= 200):
+        raise CorruptDataError(f"{path}: labels must lie in [0, 200); got {y.min()}..{y.max()}")
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
+
+
 # ------------------------------------------------------------------------------------- formats
 @dataclass(frozen=True)
 class Format:
@@ -426,6 +451,11 @@ for _variant in ("cifar10", "cifar100"):
     )
 FORMATS.add(
     "svhn", Format(_find_files, lambda paths, fmt, split: read_svhn(paths[0])), on_disk=True
+)
+FORMATS.add(
+    "tiny_imagenet",
+    Format(_find_files, lambda paths, fmt, split: read_tiny_imagenet(paths[0])),
+    on_disk=True,
 )
 FORMATS.add(
     "digits",

@@ -28,9 +28,11 @@ from ..evaluation.batched import map_batches
 from ..io import atomic_write_json
 from .metrics import auroc, tpr_at_fpr, youden_threshold
 
-__all__ = ["DIRECTIONS", "TEMPERATURES", "EnergyDetector", "model_logits"]
+__all__ = ["DIRECTIONS", "PUBLISHED_TEMPERATURES", "TEMPERATURES", "EnergyDetector", "model_logits"]
 
 TEMPERATURES: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+# the grid of the published detector notebooks (ours adds T = 5; docs/fidelity.md)
+PUBLISHED_TEMPERATURES: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0, 10.0, 20.0)
 DIRECTIONS = ("below", "above", "auto")
 FORMAT = "robust-ebm-energy-detector/1"
 

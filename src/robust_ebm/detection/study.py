@@ -95,11 +95,12 @@ def calibrate_detector(
 
 
 def calibration_roc_curves(
-    analysis: EnergyAnalysis, detector: EnergyDetector, temperatures: Sequence[float]
+    analysis: EnergyAnalysis, detector: EnergyDetector, temperatures: Sequence[float],
+    only_successful: bool = True,
 ) -> dict[str, tuple[Any, Any, float]]:
     """``"T=<t>"`` -> (FPR, TPR, AUROC) of E_T on the calibration's clean logits against its
     positives, for each T of a fitted detector's grid, on the detector's side."""
-    pos, _ = calibration_positives(analysis)
+    pos, _ = calibration_positives(analysis, "calibration", only_successful)
     grid = detector.info["calibration"]["grid"]
     curves = {}
     for t in temperatures:

@@ -95,6 +95,7 @@ def write_calibration(
     *,
     temperatures: Sequence[float],
     direction: str = "below",
+    only_successful: bool = True,
     batch_size: int = 500,
     info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -102,18 +103,20 @@ def write_calibration(
 
     ``info`` (checkpoint, source, attack name, eps, norm, steps, seed) is stored in the
     detector file. The result is the detector's JSON with the clean and attacked accuracy
-    and the mean dE(x) of the calibration attack (``calibration.json``).
+    and the mean dE(x) of the calibration attack (``calibration.json``). ``only_successful``
+    False counts every x* as a positive, as the published notebooks (docs/fidelity.md).
     """
     from ..io import atomic_write_json
     from ..reports import plot_roc
 
     out = Path(out)
     det, analysis = calibrate_detector(model, x, y, attack, temperatures, direction,
-                                       batch_size=batch_size)
+                                       only_successful=only_successful, batch_size=batch_size)
     det.info |= dict(info or {})
     det.save(out / "detector.json")
     cal = det.info["calibration"]
-    plot_roc(calibration_roc_curves(analysis, det, temperatures), out / "roc_calibration.png",
+    plot_roc(calibration_roc_curves(analysis, det, temperatures, only_successful),
+             out / "roc_calibration.png",
              title=f"calibration ({det.info.get('attack')}, eps {det.info.get('eps', 0):g}), "
              f"direction {det.direction}", point=(cal["fpr"], cal["tpr"]))
     rep = analysis.report("calibration")
@@ -180,6 +183,7 @@ def write_evaluation(
     attack_hp: Mapping[str, Any],
     notes: Sequence[str] = (),
     meta: Mapping[str, Any] | None = None,
+    only_successful: bool = True,
     batch_size: int = 500,
     log: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], str] | None:
@@ -191,6 +195,7 @@ def write_evaluation(
     result, identical to one process; the other ranks write nothing and return None.
 
     ``meta`` (dataset, split, adaptive-search facts) is merged into the result.
+    ``only_successful`` False reports TPR over every x*, as the published notebooks.
     """
     from ..evaluation.sharded import sharded_energy
     from ..io import atomic_write_json, atomic_write_text
@@ -203,7 +208,7 @@ def write_evaluation(
     analysis = sharded_energy(model, x, y, attacks, batch_size, log=log)
     if analysis is None:  # a torchrun rank other than 0: its shard went to rank 0
         return None
-    rows = evaluate_detector(detector, analysis)
+    rows = evaluate_detector(detector, analysis, only_successful)
     study = he_gamma_study(analysis, detector, gammas) if gammas else []
     energy = {k: {"accuracy_adv": r["accuracy_adv"], "dE_x_mean": r["dE_x"]["mean"],
                   "dE_x_std": r["dE_x"]["std"], "share_E_adv_below": r["share_E_adv_below"]}

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..io import atomic_write, atomic_write_json
 from .robustness import RobustnessReport
 from .sanity import sanity_checks
@@ -36,7 +37,10 @@ def build_attacks(names: Sequence[str], hp: dict[str, Any]) -> list[tuple[str, A
         kw = dict(hp)
         if name in REFERENCE_ATTACKS or name == "fgsm":
             kw.pop("steps", None)
-        out.append((name, make_attack(name, **kw)))
+        try:
+            out.append((name, make_attack(name, **kw)))
+        except UserError as exc:  # e.g. --step-size for an attack that sets its own
+            raise UserError(f"attack {name!r}: {exc}") from None
     return out
 
 

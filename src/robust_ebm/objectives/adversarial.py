@@ -5,7 +5,9 @@ attack runs on the unwrapped model (never a DDP wrapper) in eval mode with froze
 (the attack engine restores both); the outer loss runs the model in its training mode, as in
 the published code. The inner attack is built once, when the objective is constructed; each
 call only gives it a fresh seed drawn from the global RNG, which the training loop seeds per
-step, so runs are reproducible and resumable. Budgets are in pixel units of
+step, so runs are reproducible and resumable. Options that reproduce the published code where
+our defaults differ (``clip_start``, ``kl_form``, ``forward_passes``) are listed in
+docs/fidelity.md. Budgets are in pixel units of
 [0,1] images; defaults are the CIFAR-10 values of the papers (eps 8/255, step 2/255, 10 steps).
 """
 
@@ -23,7 +25,7 @@ from ..attacks import make_attack
 from ..distributed import unwrap
 from ..energy import free_energy, weat_weights
 from ..errors import UserError
-from ..losses import mart_loss, trades_loss, weat_loss
+from ..losses import KL_FORMS, mart_loss, trades_loss, weat_loss
 from .registry import register_objective
 
 Logs = dict[str, Tensor]
@@ -41,6 +43,7 @@ class _Adversarial:
     eps: float = 8 / 255
     step_size: float = 2 / 255
     steps: int = 10
+    clip_start: bool = True  # False: the published unclipped start (docs/fidelity.md)
     inner: ClassVar[str] = "pgd"
     inner_options: ClassVar[tuple[tuple[str, Any], ...]] = ()
 
@@ -52,10 +55,16 @@ class _Adversarial:
         beta = getattr(self, "beta", 0.0)
         if not beta >= 0:
             raise UserError(f"beta must be >= 0; got {beta}")
+        kl_form = getattr(self, "kl_form", "exact")
+        if kl_form not in KL_FORMS:
+            raise UserError(f"kl_form must be one of {', '.join(KL_FORMS)}; got {kl_form!r}")
+        options = {**dict(self.inner_options), "clip_start": self.clip_start}
+        if self.inner == "trades_kl":  # the inner attack ascends the same KL as the loss
+            options["kl_form"] = kl_form
         # a frozen dataclass holding a derived attribute, not a field (repr, eq and
         # make_objective's hyperparameters stay the budget)
         attack = make_attack(self.inner, eps=self.eps, step_size=self.step_size, steps=self.steps,
-                             **dict(self.inner_options))
+                             **options)
         object.__setattr__(self, "inner_attack", attack)
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -98,14 +107,27 @@ def _pair_logs(loss: Tensor, ln: Tensor, la: Tensor, y: Tensor) -> Logs:
 @dataclass(frozen=True)
 class TRADES(_Adversarial):
     """TRADES (Zhang et al. 2019, arXiv 1901.08573): CE(f(x), y) + beta KL(p(.|x) || p(.|x*)),
-    x* by TRADES-KL PGD (start x + 0.001 N(0,1); natural logits computed once per batch)."""
+    x* by TRADES-KL PGD (start x + 0.001 N(0,1); natural logits computed once per batch).
+
+    ``forward_passes``: 2 (x, x*; default) or 3 (x, x*, x as the published code, whose KL target
+    comes from a third training-mode pass on x: same logits, one more batch-norm statistics
+    update). ``kl_form``: KL of the inner attack and of the loss (see
+    :func:`robust_ebm.losses.kl_divergence`; TRADES publishes 'exact')."""
 
     beta: float = 6.0
+    kl_form: str = "exact"
+    forward_passes: int = 2
     inner = "trades_kl"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.forward_passes not in (2, 3):
+            raise UserError(f"forward_passes must be 2 or 3; got {self.forward_passes!r}")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
         ln, la = _pair(self, model, x, y)
-        loss = trades_loss(ln, la, y, self.beta)
+        lp = model(x) if self.forward_passes == 3 else None
+        loss = trades_loss(ln, la, y, self.beta, self.kl_form, logits_p=lp)
         return loss, _pair_logs(loss, ln, la, y)
 
 
@@ -116,12 +138,13 @@ class MART(_Adversarial):
     PGD-CE started at x + 0.001 N(0,1)."""
 
     beta: float = 6.0
+    kl_form: str = "exact"  # 'log_eps': the published KL (see losses.kl_divergence)
     inner = "pgd"
     inner_options = (("random_start", False), ("init_std", 0.001))
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
         ln, la = _pair(self, model, x, y)
-        loss = mart_loss(ln, la, y, self.beta)
+        loss = mart_loss(ln, la, y, self.beta, self.kl_form)
         return loss, _pair_logs(loss, ln, la, y)
 
 
@@ -129,12 +152,13 @@ class MART(_Adversarial):
 class _WEAT(_Adversarial):
     beta: float = 6.0
     normalize: str = "batch"  # 'batch' (published: divide by B) or 'weight_sum'
+    kl_form: str = "exact"  # 'log_eps': the published KL, inner attack and loss
     variant = "adv"
     inner = "trades_kl"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Logs]:
         ln, la = _pair(self, model, x, y)
-        loss = weat_loss(ln, la, y, self.beta, self.variant, self.normalize)
+        loss = weat_loss(ln, la, y, self.beta, self.variant, self.normalize, self.kl_form)
         logs = _pair_logs(loss, ln, la, y)
         logs["weight"] = weat_weights(free_energy(ln)).mean().detach()
         return loss, logs
@@ -144,8 +168,9 @@ class _WEAT(_Adversarial):
 @dataclass(frozen=True)
 class WEATAdv(_WEAT):
     """WEAT_adv (Mirza et al. 2024, arXiv 2407.06315): (1/B) sum_i w_i [CE(f(x*_i), y_i) +
-    beta KL(p(.|x_i) || p(.|x*_i))], w = 1/softplus(|E(x)|) on natural x, detached. beta 7 as
-    published for this variant."""
+    beta KL(p(.|x_i) || p(.|x*_i))], w = 1/softplus(|E(x)|) on natural x, detached. beta 7 is
+    the default of the published WEAT_adv function; the published training script passes 6
+    (its --beta default), as do the configs/paper/eccv2024 presets (docs/fidelity.md)."""
 
     beta: float = 7.0
     variant = "adv"

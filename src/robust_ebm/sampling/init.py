@@ -462,9 +462,14 @@ class ClassPCAInit(ClassStatistics):
     ``variance`` (default 0.95), or exactly ``n_components`` when given. (The published eval
     divides the target by 100 and so keeps no component; we do not.)
 
+    ``component_rule='below'`` reproduces the published rule instead: the largest k whose
+    cumulative share stays strictly below the target (one component fewer; zero when the first
+    component alone reaches it). Our 'reach' keeps the target it names.
+
     Args:
         variance: retained-variance target in (0, 1].
         n_components: fixed k instead of the variance target.
+        component_rule: 'reach' (default) or 'below' (published), see above.
         sigma: scale sigma_pca (default 0.005).
         max_components: cap on k; also the randomized-SVD size when D and n are both > 4096.
     """
@@ -477,8 +482,12 @@ class ClassPCAInit(ClassStatistics):
         n_components: int | None = None,
         sigma: float = 0.005,
         max_components: int = 1024,
+        component_rule: str = "reach",
     ) -> None:
         super().__init__()
+        if component_rule not in ("reach", "below"):
+            raise UserError(f"component_rule must be 'reach' or 'below'; got {component_rule!r}")
+        self.component_rule = component_rule
         if not 0 < variance <= 1:
             raise UserError(
                 f"variance must be in (0, 1] (a share, not a percentage); got {variance}"
@@ -499,6 +508,7 @@ class ClassPCAInit(ClassStatistics):
             "n_components": self.n_components,
             "sigma": self.sigma,
             "max_components": self.max_components,
+            "component_rule": self.component_rule,
         }
 
     def _fit_class(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -510,7 +520,9 @@ class ClassPCAInit(ClassStatistics):
             total = xc.square().sum() / (n - 1)
             share = lam.cumsum(0) / total
             reached = (share >= self.variance - 1e-12).nonzero()
-            if len(reached) == 0:
+            if self.component_rule == "below":
+                k = int((share < self.variance).sum())  # share is increasing
+            elif len(reached) == 0:
                 warnings.warn(
                     f"PCA: {len(lam)} components keep {float(share[-1]):.3f} of the variance, "
                     f"below the target {self.variance}; raise max_components",

@@ -9,6 +9,11 @@ One step, for inputs x in [0, 1] (pixel units) and the wanted classes y:
 with eta = ``step_size``, zeta = ``momentum`` (0 gives plain SGLD) and s = ``noise_std``, a
 standard deviation. The published code calls s a variance but uses it as a std; so do we, and we
 name it for what it is. Lower energy = more likely (see :mod:`robust_ebm.energy`).
+
+Two options reproduce the published sampler where it differs (docs/fidelity.md):
+``noise_scaling='sqrt_2_step'`` multiplies the noise by alpha = sqrt(2 * step_size), and
+``energy_reduction='mean'`` takes the gradient of the batch MEAN of the energy (the published
+'ce' energy), which divides every chain's step by the batch size N.
 """
 
 from __future__ import annotations
@@ -29,9 +34,13 @@ from ..registry import Registry
 EnergyFn = Callable[[Tensor, Tensor | None], Tensor]  # (logits (N,K), y (N,) | None) -> (N,)
 # named energies for SGLD; flag ``needs_labels``: the energy needs the wanted classes y
 SGLD_ENERGIES: Registry[EnergyFn] = Registry("energy", hint="or pass a callable")
+NOISE_SCALINGS = ("none", "sqrt_2_step")
+REDUCTIONS = ("sum", "mean")
 
 __all__ = [
     "ENERGIES",
+    "NOISE_SCALINGS",
+    "REDUCTIONS",
     "SGLD",
     "SGLD_ENERGIES",
     "EnergyFn",
@@ -97,6 +106,10 @@ class SGLD:
         clamp: clip x to [0, 1] after each step.
         energy: "joint" E(x,y) (default), "free" E(x), "ce" CE(x,y), or a callable
             ``energy_fn(logits (N,K), y (N,) | None) -> (N,)``.
+        noise_scaling: "none" (noise std is ``noise_std``) or "sqrt_2_step" (std is
+            sqrt(2 * step_size) * noise_std, the published default alpha).
+        energy_reduction: "sum" (each chain follows its own energy gradient) or "mean" (the
+            gradient of the batch mean, as the published 'ce' energy: steps shrink by 1/N).
     """
 
     step_size: float
@@ -105,6 +118,8 @@ class SGLD:
     steps: int = 50
     clamp: bool = True
     energy: str | EnergyFn = "joint"
+    noise_scaling: str = "none"
+    energy_reduction: str = "sum"
 
     def __post_init__(self) -> None:
         for name in ("step_size", "momentum", "noise_std"):
@@ -120,6 +135,12 @@ class SGLD:
         if self.steps < 0:
             raise UserError(f"steps must be >= 0; got {self.steps}")
         resolve_energy(self.energy)  # fail early on a bad name
+        if self.noise_scaling not in NOISE_SCALINGS:
+            raise UserError(f"noise_scaling must be one of {', '.join(NOISE_SCALINGS)}; "
+                            f"got {self.noise_scaling!r}")
+        if self.energy_reduction not in REDUCTIONS:
+            raise UserError(f"energy_reduction must be one of {', '.join(REDUCTIONS)}; "
+                            f"got {self.energy_reduction!r}")
 
     def config(self) -> dict[str, object]:
         """Hyperparameters as a JSON-friendly dict (for run.json)."""
@@ -136,6 +157,8 @@ class SGLD:
             "steps": self.steps,
             "clamp": self.clamp,
             "energy": energy,
+            "noise_scaling": self.noise_scaling,
+            "energy_reduction": self.energy_reduction,
         }
 
     def __call__(
@@ -172,8 +195,13 @@ class SGLD:
             y = y.to(x0.device)
             if y.shape != (x0.shape[0],):
                 raise UserError(f"y must have shape ({x0.shape[0]},); got {tuple(y.shape)}")
-        draw_noise = self._noise_source(x0, seed, generator, chain_ids)
         half_eta = self.step_size / 2
+        if self.energy_reduction == "mean":
+            half_eta /= max(x0.shape[0], 1)
+        noise_std = self.noise_std
+        if self.noise_scaling == "sqrt_2_step":
+            noise_std *= math.sqrt(2 * self.step_size)
+        draw_noise = self._noise_source(x0, noise_std, seed, generator, chain_ids)
         x = x0.detach().clone()
         v = torch.zeros_like(x)
         traj = torch.empty(self.steps + 1, x.shape[0], dtype=x.dtype, device=x.device)
@@ -197,21 +225,22 @@ class SGLD:
     def _noise_source(
         self,
         x0: Tensor,
+        std: float,
         seed: int | None,
         generator: torch.Generator | None,
         chain_ids: Tensor | None,
     ) -> Callable[[], Tensor] | None:
-        """A function giving one step's noise (N(0, s^2), x0's shape, dtype and device), or None
-        when ``noise_std`` is 0. See :meth:`__call__` for the three sources."""
-        if self.noise_std == 0:
+        """A function giving one step's noise (N(0, std^2), x0's shape, dtype and device), or
+        None when ``std`` is 0. See :meth:`__call__` for the three sources."""
+        if std == 0:
             return None
         n, shape = x0.shape[0], tuple(x0.shape[1:])
         if generator is not None or seed is None:
             noise = torch.empty_like(x0)
-            return lambda: noise.normal_(0.0, self.noise_std, generator=generator)
+            return lambda: noise.normal_(0.0, std, generator=generator)
         ids = torch.arange(n, device=x0.device) if chain_ids is None else chain_ids.to(x0.device)
         if ids.shape != (n,) or ids.is_floating_point():
             raise UserError(f"chain_ids must be ({n},) integers; got {ids.dtype} {tuple(ids.shape)}")
         streams = SampleStreams.for_ids(ids, seed)
         rows = torch.arange(n, device=x0.device)
-        return lambda: streams.normal(rows, shape, x0.dtype).mul_(self.noise_std)
+        return lambda: streams.normal(rows, shape, x0.dtype).mul_(std)

@@ -122,6 +122,7 @@ def build_init(
     *,
     pca_variance: float = 0.95,
     pca_sigma: float = 0.005,
+    pca_rule: str = "reach",
     noise_std: float = 0.5,
 ) -> tuple[Init, dict[str, Any]]:
     """The initialiser ``kind`` (one of :data:`INITS`) fitted on the training images, and a note.
@@ -129,7 +130,8 @@ def build_init(
     pca and gaussian statistics are cached in ``stats_dir`` (default :func:`default_stats_dir`)
     under a name holding the dataset and a hash of the settings; a cached file fitted on other
     data is refitted. The note says ``stats_path``, ``stats_reused`` and
-    ``stats_refitted_mismatch`` (and, for pca, the components kept per class).
+    ``stats_refitted_mismatch`` (and, for pca, the components kept per class). ``pca_rule`` is
+    :class:`ClassPCAInit`'s ``component_rule`` ('below': the published count).
     """
     if kind == "uniform":
         c, h, w = (int(s) for s in images.shape[1:])
@@ -140,7 +142,8 @@ def build_init(
         if not 0 < pca_variance <= 1:
             raise UserError(f"--pca-variance must be in (0, 1] (a share); got {pca_variance}")
         cls: type[ClassPCAInit | ClassGaussianInit] = ClassPCAInit
-        kwargs: dict[str, Any] = {"variance": pca_variance, "sigma": pca_sigma}
+        kwargs: dict[str, Any] = {"variance": pca_variance, "sigma": pca_sigma,
+                                  "component_rule": pca_rule}
     elif kind == "gaussian":
         cls, kwargs = ClassGaussianInit, {}
     else:

@@ -74,7 +74,8 @@ def eval_attack(cfg: EvalConfig, seed: int) -> Any:
     from ..attacks import make_attack
 
     step = cfg.eval_step_size if cfg.eval_step_size is not None else 2.5 * cfg.eval_eps / cfg.eval_steps
-    return make_attack("pgd", eps=cfg.eval_eps, step_size=step, steps=cfg.eval_steps, seed=seed)
+    return make_attack("pgd", eps=cfg.eval_eps, step_size=step, steps=cfg.eval_steps, seed=seed,
+                       clip_start=cfg.eval_clip_start)
 
 
 def fixed_subsets(

@@ -3,7 +3,7 @@
 A run is described by four sections::
 
     [data]       dataset, data_dir, val_size, train_subset
-    [model]      name, plus architecture keyword arguments (e.g. depth, widen_factor)
+    [model]      name, normalize, plus architecture keyword arguments (e.g. depth, widen_factor)
     [objective]  name, plus the objective's hyperparameters (eps, step_size, steps, beta, ...)
     [train]      the fields of TrainConfig (epochs, lr, schedule, eval_eps, ...)
 
@@ -58,6 +58,10 @@ class TrainConfig:
     device's memory; the batches, and so the run, are the same bit for bit
     (:class:`robust_ebm.data.TensorLoader`). ``save_every`` also writes the resumable state
     every N optimizer steps (0: at the end of each epoch only).
+
+    Published one-cycle (PyTorch's OneCycleLR defaults, docs/fidelity.md): ``anneal='cos'``
+    and ``cycle_momentum=True`` (momentum 0.95 -> 0.85 -> 0.95, overriding ``momentum``); ours
+    anneals linearly at fixed momentum.
     """
 
     epochs: int = 5
@@ -67,6 +71,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     pct_start: float = 0.25
+    anneal: str = "linear"  # one-cycle annealing: 'linear' or 'cos' (published)
+    cycle_momentum: bool = False  # one-cycle momentum 0.95 -> 0.85 -> 0.95 (published)
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training, for "multistep"
     gamma: float = 0.1  # multistep decay factor
     crop_padding: int = 0
@@ -89,6 +95,7 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}; got {self.schedule!r}"),
             (0 < self.pct_start < 1, f"pct_start must be in (0, 1); got {self.pct_start}"),
+            (self.anneal in ("linear", "cos"), f"anneal must be 'linear' or 'cos'; got {self.anneal!r}"),
             (self.crop_padding >= 0, f"crop_padding must be >= 0; got {self.crop_padding}"),
             (self.save_every >= 0, f"save_every must be >= 0; got {self.save_every}"),
             (self.gamma > 0 and math.isfinite(self.gamma), f"gamma must be > 0; got {self.gamma}"),
@@ -110,11 +117,14 @@ class EvalConfig:
     ``eval_eps=None`` evaluates clean accuracy only. ``eval_n`` validation/test samples and
     ``energy_n`` fixed training samples are evaluated, ``eval_batch_size`` at a time, always
     in float32. ``tensorboard`` also writes the per-epoch record to ``<out>/tensorboard``.
+    ``eval_clip_start=False`` starts the evaluation PGD unclipped, as the published evaluation
+    does (docs/fidelity.md).
     """
 
     eval_eps: float | None = None
     eval_step_size: float | None = None  # None: 2.5 * eps / steps
     eval_steps: int = 10
+    eval_clip_start: bool = True
     eval_n: int = 1000  # validation/test samples evaluated each epoch
     energy_n: int = 500  # fixed training samples tracked each epoch
     eval_batch_size: int = 500
@@ -134,10 +144,25 @@ class EvalConfig:
 def default_config() -> dict[str, Any]:
     return {
         "data": {"dataset": "fashion_mnist", "data_dir": None, "val_size": 5000, "train_subset": None},
-        "model": {"name": "small_cnn"},
+        "model": {"name": "small_cnn"},  # normalize: true unless set (see model_spec)
         "objective": {"name": "standard"},
         "train": {**asdict(TrainConfig()), **asdict(EvalConfig())},
     }
+
+
+def model_spec(cfg: dict[str, Any]) -> tuple[str, bool, dict[str, Any]]:
+    """The [model] section as (name, normalize, architecture keyword arguments).
+
+    ``normalize`` (default true) puts the training set's per-channel mean/std inside the model;
+    false feeds the network raw [0, 1] inputs, as the published ECCV 2024 training code
+    (Mirza et al., arXiv 2407.06315; docs/fidelity.md).
+    """
+    section = dict(cfg["model"])
+    name = section.pop("name")
+    normalize = section.pop("normalize", True)
+    if not isinstance(normalize, bool):
+        raise UserError(f"model.normalize must be true or false; got {normalize!r}")
+    return name, normalize, section
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -253,7 +278,8 @@ def schema(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     train_types = {f.name: _hints(TrainConfig)[f.name] for f in fields(TrainConfig)}
     train_types.update({f.name: _hints(EvalConfig)[f.name] for f in fields(EvalConfig)})
     out: dict[str, dict[str, Any]] = {"data": dict(_DATA_TYPES), "train": train_types,
-                                      "model": {"name": str}, "objective": {"name": str}}
+                                      "model": {"name": str, "normalize": bool},
+                                      "objective": {"name": str}}
     model = cfg.get("model", {}).get("name")
     if isinstance(model, str) and model in MODELS.names():
         build = MODELS.get(model)

@@ -61,7 +61,8 @@ def make_scheduler(
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start,
-            anneal_strategy="linear", cycle_momentum=False,
+            anneal_strategy="cos" if cfg.anneal == "cos" else "linear",
+            cycle_momentum=cfg.cycle_momentum,
         )
     if cfg.schedule == "multistep":
         marks = [int(m * total) for m in cfg.milestones]
@@ -201,7 +202,8 @@ class _Loop:
         if self.out is None or not (self.out / STATE_FILE).is_file():
             raise UserError(f"--resume: no {STATE_FILE} in {self.out}; nothing to resume")
         # settings a state written before they existed lacks: taken at their defaults
-        defaults = {"train": {**asdict(TrainConfig()), **asdict(EvalConfig())}}
+        defaults = {"train": {**asdict(TrainConfig()), **asdict(EvalConfig())},
+                    "model": {"normalize": True}}
         self.state = load_state(self.out / STATE_FILE, self.model, self.opt, self.sched,
                                 self.run_config, self.scaler, defaults=defaults)
 

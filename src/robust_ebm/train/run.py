@@ -24,7 +24,7 @@ from ..models import create_model
 from ..objectives import make_objective
 from ..provenance import write_run_json
 from .callbacks import default_callbacks
-from .config import eval_config, train_config
+from .config import eval_config, model_spec, train_config
 from .loop import check_device_options, train
 
 __all__ = ["run_training"]
@@ -66,9 +66,9 @@ def run_training(
     check_device_options(tcfg, device)
     train_set, val, test = _splits(data, tcfg.seed)
     torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
-    model_kw = {k: v for k, v in cfg["model"].items() if k != "name"}
-    model = create_model(cfg["model"]["name"], train_set.num_classes, train_set.shape[0],
-                         train_set.mean, train_set.std, **model_kw)
+    name, normalize, model_kw = model_spec(cfg)
+    stats = (train_set.mean, train_set.std) if normalize else (None, None)  # None: raw [0, 1]
+    model = create_model(name, train_set.num_classes, train_set.shape[0], *stats, **model_kw)
     check_model_accepts(model, train_set.shape, str(data["dataset"]))
     is_main = int(os.environ.get("RANK", "0")) == 0
     out = Path(out)
