@@ -36,7 +36,8 @@ Distinct bad inputs, by category (``test_count_is_honest`` recomputes the parame
 
 Total: 524 parametrised + 19 single + 9 environment = 552 fixed bad inputs, plus up to 80
 generated ones.
-SIGKILL-and-rerun checks (train, evaluate, attack; 4 kill moments each) live in
+SIGKILL-and-rerun checks (train, evaluate, attack, energy, detect calibrate, generate; 4 kill
+moments each) live in
 ``test_kill_and_rerun`` (marked slow), the bit-flipped state.pt in ``test_bitflipped_state_refused``
 (slow); without them the module runs in about a minute on one CPU core.
 """
@@ -708,6 +709,11 @@ KILL_COMMANDS = {
     "attack": ([*BASE["attack"], "--attacks", "pgd", "--steps", "3"], "robustness.json"),
     "train": ([*BASE["train"], "--epochs", "3", "--batch-size", "10", "--eval-n", "4",
                "--set", "train.energy_n=0", "--save-every", "1"], "model.safetensors"),
+    "energy": ([*BASE["energy"], "--attacks", "pgd,noise", "--steps", "3", "--no-sweep"],
+               "energy.json"),
+    "calibrate": ([*BASE["calibrate"], "--steps", "3", "--cal-split", "train"], "detector.json"),
+    "generate": ([*BASE["generate"], "--init", "uniform", "--steps", "3", "--n-per-class", "2"],
+                 "samples.npz"),
 }
 
 
@@ -718,6 +724,9 @@ def _result(out: Path, name: str):
                 return {k: strip(v) for k, v in o.items() if k not in ("seconds", "out")}
             return [strip(v) for v in o] if isinstance(o, list) else o
         return strip(json.loads((out / name).read_text()))
+    if name.endswith(".npz"):
+        with np.load(out / name) as arrays:
+            return {k: arrays[k].tolist() for k in sorted(arrays.files)}
     from safetensors.torch import load_file
 
     return {k: v.tolist() for k, v in load_file(str(out / name)).items()}
