@@ -112,6 +112,43 @@ def _model_from_metadata(path: Path, meta: dict[str, Any], state: dict[str, Tens
     return model
 
 
+def _read_weights(path: Path, map_location: str | torch.device) -> tuple[Any, bool]:
+    """(state dict as stored, whether it is a robust-ebm checkpoint with metadata)."""
+    if not _is_safetensors(path):
+        return safe_torch_load(path, map_location), False
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptDataError(f"{path}: cannot read safetensors file ({exc})") from exc
+    check_finite_weights(path, state)
+    return state, _has_metadata(path)
+
+
+def _build_foreign(
+    path: Path,
+    fs: Any,
+    create_kwargs: dict[str, Any],
+    catalog: tuple[Any, Any] | None,
+    strict: bool,
+) -> Classifier:
+    """Create the architecture named in ``create_kwargs`` (normalization from the options, the
+    file or the zoo ``catalog``) and load the foreign state ``fs`` into it."""
+    if "name" not in create_kwargs:
+        guess = infer_architecture(fs.tensors)
+        hint = f"its keys fit name={guess[0]!r} with {guess[1]}" if guess else \
+            "e.g. name='wide_resnet', depth=28, widen_factor=10"
+        raise UserError(f"{path}: not a robust-ebm checkpoint; say which architecture it holds: "
+                        f"robustbench=ZOO_NAME (CLI --robustbench) or the architecture ({hint})")
+    check_finite_weights(path, fs.tensors)
+    in_channels = int(create_kwargs.get("in_channels", 3))
+    mean, std, source = _normalization(path, fs, create_kwargs.pop("mean", None),
+                                       create_kwargs.pop("std", None), catalog, in_channels)
+    model = create_model(create_kwargs.pop("name"), mean=mean, std=std, **create_kwargs)
+    report = load_foreign_state_dict(model, fs, strict=strict)
+    model.load_report = {**report, "notes": list(fs.notes), "normalization": source}
+    return model
+
+
 def load_model(
     path: str | os.PathLike[str] | None = None,
     map_location: str | torch.device = "cpu",
@@ -144,19 +181,12 @@ def load_model(
         entry = zoo_entry(robustbench, dataset or "cifar10", threat_model)
         return _via_robustbench(entry, None, strict, model_dir).to(map_location).eval()
     path = _existing(path)
-    if _is_safetensors(path):
-        try:
-            state = load_file(str(path), device=str(map_location))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CorruptDataError(f"{path}: cannot read safetensors file ({exc})") from exc
-        check_finite_weights(path, state)
-        if _has_metadata(path):
-            if robustbench is not None or "name" in create_kwargs:
-                raise UserError(f"{path}: a robust-ebm checkpoint rebuilds itself from its "
-                                "metadata; drop the architecture / zoo-name options")
-            return _load_own(path, state).to(map_location).eval()
-    else:
-        state = safe_torch_load(path, map_location)
+    state, own = _read_weights(path, map_location)
+    if own:
+        if robustbench is not None or "name" in create_kwargs:
+            raise UserError(f"{path}: a robust-ebm checkpoint rebuilds itself from its "
+                            "metadata; drop the architecture / zoo-name options")
+        return _load_own(path, state).to(map_location).eval()
     fs = read_foreign_state(state)
     if robustbench is not None:
         if "name" in create_kwargs:
@@ -169,19 +199,7 @@ def load_model(
         catalog: tuple[Any, Any] | None = (list(entry.mean), list(entry.std))
     else:
         catalog = None
-    if "name" not in create_kwargs:
-        guess = infer_architecture(fs.tensors)
-        hint = f"its keys fit name={guess[0]!r} with {guess[1]}" if guess else \
-            "e.g. name='wide_resnet', depth=28, widen_factor=10"
-        raise UserError(f"{path}: not a robust-ebm checkpoint; say which architecture it holds: "
-                        f"robustbench=ZOO_NAME (CLI --robustbench) or the architecture ({hint})")
-    check_finite_weights(path, fs.tensors)
-    in_channels = int(create_kwargs.get("in_channels", 3))
-    mean, std, source = _normalization(path, fs, create_kwargs.pop("mean", None),
-                                       create_kwargs.pop("std", None), catalog, in_channels)
-    model = create_model(create_kwargs.pop("name"), mean=mean, std=std, **create_kwargs)
-    report = load_foreign_state_dict(model, fs, strict=strict)
-    model.load_report = {**report, "notes": list(fs.notes), "normalization": source}
+    model = _build_foreign(path, fs, create_kwargs, catalog, strict)
     if robustbench is not None:
         model.arch["zoo"] = {"name": robustbench, "dataset": entry.dataset,
                              "threat_model": entry.threat_model}

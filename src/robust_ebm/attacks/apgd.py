@@ -37,6 +37,55 @@ from .pgd import (
 )
 
 
+def _grad_at(
+    model: nn.Module, objective: Objective, rows: Tensor, z: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(input gradient of the summed objective, logits, per-sample objective) at ``z``."""
+    z = z.detach().requires_grad_(True)
+    logits = model(z)
+    value = objective(logits, rows)
+    check_loss_output(value, z.shape[0])
+    (g,) = torch.autograd.grad(value.sum(), z)
+    return g.detach(), logits.detach(), value.detach()
+
+
+def _momentum_step(
+    geometry: Linf | L2,
+    x_adv: Tensor,
+    x_old: Tensor,
+    grad: Tensor,
+    step: Tensor,
+    lo_hi: tuple[Tensor, Tensor],
+    i: int,
+) -> Tensor:
+    """APGD's step with momentum 0.75 (none at step 0), projected onto the budget and box."""
+    grad2 = x_adv - x_old
+    a = 0.75 if i > 0 else 1.0
+    z = geometry.project_bounds(x_adv + geometry.step(grad, step), *lo_hi)
+    return geometry.project_bounds(x_adv + a * (z - x_adv) + (1.0 - a) * grad2, *lo_hi)
+
+
+def _should_halve_step(
+    loss_steps: Tensor,
+    i: int,
+    k: int,
+    rho: float,
+    reduced_last: Tensor,
+    loss_best_last: Tensor,
+    loss_best: Tensor,
+) -> Tensor:
+    """APGD's checkpoint test per sample: the loss rose in at most ``rho`` of the last k steps,
+    or the step was not halved last time and the best loss has not improved since."""
+    # count increases over the last k steps; like the reference, index i-k wraps to
+    # the (still zero) last row at the first checkpoint
+    incr = torch.zeros(loss_steps.shape[1], device=loss_steps.device, dtype=loss_steps.dtype)
+    for c in range(k):
+        incr += (loss_steps[i - c] > loss_steps[i - c - 1]).to(loss_steps.dtype)
+    oscillating = incr <= k * rho
+    no_progress = ~reduced_last & (loss_best_last >= loss_best)
+    return oscillating | no_progress
+
+
 def _apgd_run(
     model: nn.Module,
     objective: Objective,
@@ -61,15 +110,7 @@ def _apgd_run(
     t = core.draw(streams, rows, shape, xs, kind)
     x_adv = (xs + es * geometry.normalize(t)).clamp(0.0, 1.0)
 
-    def grad_at(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        z = z.detach().requires_grad_(True)
-        logits = model(z)
-        value = objective(logits, rows)
-        check_loss_output(value, n)
-        (g,) = torch.autograd.grad(value.sum(), z)
-        return g.detach(), logits.detach(), value.detach()
-
-    grad, logits, loss = grad_at(x_adv)
+    grad, logits, loss = _grad_at(model, objective, rows, x_adv)
     fooled = success(logits, rows)
     x_best, x_best_adv = x_adv.clone(), x_adv.clone()
     loss_best, grad_best = loss.clone(), grad.clone()
@@ -80,13 +121,9 @@ def _apgd_run(
     loss_best_last = loss_best.clone()
     reduced_last = torch.ones(n, dtype=torch.bool, device=xs.device)
     for i in range(steps):
-        grad2 = x_adv - x_old
-        x_old = x_adv
-        a = 0.75 if i > 0 else 1.0
-        z = geometry.project_bounds(x_adv + geometry.step(grad, step), *lo_hi)
-        x_adv = geometry.project_bounds(x_adv + a * (z - x_adv) + (1.0 - a) * grad2, *lo_hi)
+        x_adv, x_old = _momentum_step(geometry, x_adv, x_old, grad, step, lo_hi, i), x_adv
 
-        grad, logits, loss = grad_at(x_adv)
+        grad, logits, loss = _grad_at(model, objective, rows, x_adv)
         ok = success(logits, rows)
         fooled = fooled | ok
         x_best_adv[ok] = x_adv[ok]
@@ -96,14 +133,8 @@ def _apgd_run(
 
         counter += 1
         if counter == k:
-            # count increases over the last k steps; like the reference, index i-k wraps to
-            # the (still zero) last row at the first checkpoint
-            incr = torch.zeros(n, device=xs.device, dtype=loss.dtype)
-            for c in range(k):
-                incr += (loss_steps[i - c] > loss_steps[i - c - 1]).to(loss.dtype)
-            oscillating = incr <= k * rho
-            no_progress = ~reduced_last & (loss_best_last >= loss_best)
-            reduce = oscillating | no_progress
+            reduce = _should_halve_step(loss_steps, i, k, rho, reduced_last, loss_best_last,
+                                        loss_best)
             reduced_last = reduce
             loss_best_last = loss_best.clone()
             if bool(reduce.any()):

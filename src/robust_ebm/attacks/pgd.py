@@ -72,6 +72,48 @@ class Problem:
     logits_clean: Tensor | None
 
 
+def _targeted_objective(loss: LossFn, y: Tensor, t: Tensor) -> tuple[Objective, Success]:
+    """Objective and success test towards the targets ``t``: the loss's targeted form if it has
+    one, else the negated loss at the target; success is predicting the target."""
+    tgt_form = getattr(loss, "targeted", None)
+    if tgt_form is None:
+
+        def objective(logits: Tensor, idx: Tensor | None) -> Tensor:
+            return -loss(logits, _sel(t, idx))
+
+    else:
+
+        def objective(logits: Tensor, idx: Tensor | None) -> Tensor:
+            return tgt_form(logits, _sel(y, idx), _sel(t, idx))
+
+    def success(logits: Tensor, idx: Tensor | None) -> Tensor:
+        return logits.argmax(dim=1) == _sel(t, idx)
+
+    return objective, success
+
+
+def _untargeted_objective(
+    loss: LossFn, y: Tensor, logits_clean: Tensor | None
+) -> tuple[Objective, Success]:
+    """Objective and success test away from ``y``; ``logits_clean`` is given to losses that need
+    the natural logits (TRADES-KL), None otherwise. Success is any wrong prediction."""
+    if logits_clean is not None:
+        nat = logits_clean.detach()
+
+        def objective(logits: Tensor, idx: Tensor | None) -> Tensor:
+            return loss(logits, _sel(y, idx), _sel(nat, idx))  # type: ignore[call-arg]
+
+    else:
+
+        def objective(logits: Tensor, idx: Tensor | None) -> Tensor:
+            return loss(logits, _sel(y, idx))
+
+    def success(logits: Tensor, idx: Tensor | None) -> Tensor:
+        return logits.argmax(dim=1) != _sel(y, idx)
+
+    return objective, success
+
+
 def prepare(
     model: nn.Module,
     x: Tensor,
@@ -103,36 +145,9 @@ def prepare(
             raise UserError("the trades_kl loss has no targeted form")
         assert logits_clean is not None
         t = core.choose_targets(targeted, logits_clean, y, streams, targets)
-        tgt_form = getattr(loss, "targeted", None)
-        if tgt_form is None:
-
-            def objective(logits: Tensor, idx: Tensor | None) -> Tensor:
-                return -loss(logits, _sel(t, idx))
-
-        else:
-
-            def objective(logits: Tensor, idx: Tensor | None) -> Tensor:
-                return tgt_form(logits, _sel(y, idx), _sel(t, idx))
-
-        def success(logits: Tensor, idx: Tensor | None) -> Tensor:
-            return logits.argmax(dim=1) == _sel(t, idx)
-
+        objective, success = _targeted_objective(loss, y, t)
     else:
-        if needs_nat:
-            assert logits_clean is not None
-            nat = logits_clean.detach()
-
-            def objective(logits: Tensor, idx: Tensor | None) -> Tensor:
-                return loss(logits, _sel(y, idx), _sel(nat, idx))  # type: ignore[call-arg]
-
-        else:
-
-            def objective(logits: Tensor, idx: Tensor | None) -> Tensor:
-                return loss(logits, _sel(y, idx))
-
-        def success(logits: Tensor, idx: Tensor | None) -> Tensor:
-            return logits.argmax(dim=1) != _sel(y, idx)
-
+        objective, success = _untargeted_objective(loss, y, logits_clean if needs_nat else None)
     return Problem(xw, y, t, objective, success, streams, logits_clean)
 
 

@@ -43,6 +43,8 @@ example (calibrate on training images, evaluate on test images):
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``detect`` subcommand and its options. Long on purpose: an argument table, one
+    ``add_argument`` per option, read top to bottom like the ``--help`` it produces."""
     from ..analysis import DEFAULT_ATTACKS
     from ..detection import HE_GAMMAS, TEMPERATURES
 

@@ -58,33 +58,7 @@ def download_file(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.filename}.", suffix=".part", dir=dest_dir)
     tmp = Path(tmp_name)
     try:
-        md5 = hashlib.md5(usedforsecurity=False)
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                total = resp.headers.get("Content-Length")
-                total_n = int(total) if total is not None else None
-                done = 0
-                while chunk := resp.read(_CHUNK):
-                    out.write(chunk)
-                    md5.update(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(remote.filename, done, total_n)
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as exc:
-            if not _is_network_error(exc):
-                raise  # full or read-only disk, permissions: the CLI names the errno
-            raise UserError(
-                f"cannot download {url} ({exc}); check the network or fetch the file by hand "
-                f"into {dest_dir}"
-            ) from exc
-        except http.client.HTTPException as exc:  # e.g. IncompleteRead: the transfer broke off
-            raise UserError(
-                f"cannot download {url} ({exc}); check the network or fetch the file by hand "
-                f"into {dest_dir}"
-            ) from exc
-        got = md5.hexdigest()
+        got = _fetch_md5(fd, url, remote.filename, dest_dir, progress, timeout)
         if got != remote.md5:
             raise CorruptDataError(
                 f"{remote.filename} from {url}: md5 {got} does not match the official "
@@ -94,6 +68,45 @@ def download_file(
     finally:
         tmp.unlink(missing_ok=True)
     return final
+
+
+def _fetch_md5(
+    fd: int,
+    url: str,
+    filename: str,
+    dest_dir: Path,
+    progress: ProgressFn | None,
+    timeout: float,
+) -> str:
+    """Stream ``url`` into the open file ``fd`` (closed after, synced); return its MD5 (hex).
+    Network failures become a :class:`UserError`; disk errors pass through."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = resp.headers.get("Content-Length")
+            total_n = int(total) if total is not None else None
+            done = 0
+            while chunk := resp.read(_CHUNK):
+                out.write(chunk)
+                md5.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(filename, done, total_n)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as exc:
+        if not _is_network_error(exc):
+            raise  # full or read-only disk, permissions: the CLI names the errno
+        raise UserError(
+            f"cannot download {url} ({exc}); check the network or fetch the file by hand "
+            f"into {dest_dir}"
+        ) from exc
+    except http.client.HTTPException as exc:  # e.g. IncompleteRead: the transfer broke off
+        raise UserError(
+            f"cannot download {url} ({exc}); check the network or fetch the file by hand "
+            f"into {dest_dir}"
+        ) from exc
+    return md5.hexdigest()
 
 
 def _is_network_error(exc: OSError) -> bool:

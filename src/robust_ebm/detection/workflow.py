@@ -171,6 +171,23 @@ def adaptive_setup(
             {"he_adaptive_gamma": gamma, "he_gamma_search": trace})
 
 
+def _energy_columns(analysis: Any) -> dict[str, dict[str, Any]]:
+    """Per attack: adversarial accuracy, mean/std of dE_x, share with E(x*) below E(x)."""
+    return {k: {"accuracy_adv": r["accuracy_adv"], "dE_x_mean": r["dE_x"]["mean"],
+                "dE_x_std": r["dE_x"]["std"], "share_E_adv_below": r["share_E_adv_below"]}
+            for k, r in analysis.table().items()}
+
+
+def _write_he_study(study: list[dict[str, Any]], out: Path, eps: Any, steps: Any) -> str:
+    """Write he_study.png and he_study.json; return the study's Markdown section."""
+    from ..io import atomic_write_json
+    from ..reports import he_study_section, plot_he_study
+
+    plot_he_study(study, out / "he_study.png")
+    atomic_write_json(out / "he_study.json", {"rows": study, "eps": eps, "steps": steps})
+    return he_study_section(study)
+
+
 def write_evaluation(
     model: nn.Module,
     x: Tensor,
@@ -199,7 +216,7 @@ def write_evaluation(
     """
     from ..evaluation.sharded import sharded_energy
     from ..io import atomic_write_json, atomic_write_text
-    from ..reports import detection_section, he_study_section, plot_he_study, plot_roc
+    from ..reports import detection_section, plot_roc
     from .study import evaluate_detector, he_attacks, he_gamma_study
 
     out = Path(out)
@@ -210,19 +227,14 @@ def write_evaluation(
         return None
     rows = evaluate_detector(detector, analysis, only_successful)
     study = he_gamma_study(analysis, detector, gammas) if gammas else []
-    energy = {k: {"accuracy_adv": r["accuracy_adv"], "dE_x_mean": r["dE_x"]["mean"],
-                  "dE_x_std": r["dE_x"]["std"], "share_E_adv_below": r["share_E_adv_below"]}
-              for k, r in analysis.table().items()}
+    energy = _energy_columns(analysis)
     curves = {k: (r["roc"]["fpr"], r["roc"]["tpr"], r["auroc"])
               for k, r in rows.items() if r["roc"] and not k.startswith("he_pgd[")}
     plot_roc(curves, out / "roc.png", title=f"energy detector T={detector.temperature:g} "
              f"({detector.direction}), eps {eps:g}")
     md = detection_section(detector.to_json(), rows)
     if study:
-        plot_he_study(study, out / "he_study.png")
-        atomic_write_json(out / "he_study.json",
-                          {"rows": study, "eps": eps, "steps": attack_hp["steps"]})
-        md += "\n" + he_study_section(study)
+        md += "\n" + _write_he_study(study, out, eps, attack_hp["steps"])
     for note in notes:
         md += f"\nNote: {note}\n"
     slim = {k: {kk: vv for kk, vv in r.items() if kk != "roc"} for k, r in rows.items()}

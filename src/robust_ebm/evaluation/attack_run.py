@@ -44,6 +44,32 @@ def build_attacks(names: Sequence[str], hp: dict[str, Any]) -> list[tuple[str, A
     return out
 
 
+def _write_adversarial(
+    path: Path,
+    report: RobustnessReport,
+    y: Tensor,
+    index: Tensor,
+    names: list[str],
+    eps: float,
+    norm: str,
+    meta: dict[str, Any],
+) -> None:
+    """Write x_adv, y, index and the robust / clean-correct masks (uint8) as safetensors, the
+    attack settings, dataset and split as its metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        "x_adv": report.x_adv.detach().float().cpu().contiguous(),
+        "y": y.cpu().contiguous(),
+        "index": index.contiguous(),
+        "robust": report.robust.to(torch.uint8).cpu().contiguous(),
+        "clean_correct": report.clean_correct.to(torch.uint8).cpu().contiguous(),
+    }
+    st_meta = {"attacks": ",".join(names), "eps": str(eps), "norm": norm,
+               "dataset": str(meta.get("dataset")), "split": str(meta.get("split"))}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=st_meta))
+
+
 def write_attack_run(
     model: nn.Module,
     x: Tensor,
@@ -73,8 +99,6 @@ def write_attack_run(
         the result (``robustness.json``) and the report; None on the other torchrun ranks,
         which write nothing.
     """
-    from safetensors.torch import save_file
-
     out = Path(out)
     meta = dict(meta or {})
     report = sharded_robustness(model, (x, y), attacks, batch_size=batch_size)
@@ -87,18 +111,8 @@ def write_attack_run(
             white_box_accuracy=float(report.robust[:m].float().mean()) if m else None,
             batch_size=batch_size, seed=seed,
         )
-    tensors = {
-        "x_adv": report.x_adv.detach().float().cpu().contiguous(),
-        "y": y.cpu().contiguous(),
-        "index": index.contiguous(),
-        "robust": report.robust.to(torch.uint8).cpu().contiguous(),
-        "clean_correct": report.clean_correct.to(torch.uint8).cpu().contiguous(),
-    }
     names = [name for name, _ in attacks]
-    st_meta = {"attacks": ",".join(names), "eps": str(eps), "norm": norm,
-               "dataset": str(meta.get("dataset")), "split": str(meta.get("split"))}
-    atomic_write(out / "adversarial.safetensors",
-                 lambda tmp: save_file(tensors, tmp, metadata=st_meta))
+    _write_adversarial(out / "adversarial.safetensors", report, y, index, names, eps, norm, meta)
     result = report.to_dict() | meta | {
         "eps": eps, "norm": norm, "attacks_requested": names,
         "fooled_by": report.fooled_by, "out": str(out),

@@ -133,6 +133,68 @@ def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     return logits.argmax(1).to(x.device)
 
 
+def _attack_survivors(
+    model: nn.Module,
+    name: str,
+    attack: AttackFn,
+    x: Tensor,
+    y: Tensor,
+    robust: Tensor,
+    x_adv: Tensor,
+    fooled_by: list[str | None],
+    batch_size: int,
+) -> AttackRow:
+    """One cascade stage: attack the points still ``robust``, updating ``robust``, ``x_adv`` and
+    ``fooled_by`` in place; return the stage's row."""
+    n = x.shape[0]
+    idx = robust.nonzero().squeeze(1)
+    start = time.perf_counter()
+    fooled = 0
+    if idx.numel():
+        res = batched_logits(model, x[idx], y[idx], {name: attack}, batch_size=batch_size,
+                             clean=False, keep_inputs=True)
+        wrong = (res.adversarial[name].argmax(1) != y[idx].cpu()).to(idx.device)
+        x_adv[idx] = res.inputs[name].to(x_adv.device, x_adv.dtype)
+        robust[idx[wrong]] = False
+        for j in idx[wrong].tolist():
+            fooled_by[j] = name
+        fooled = int(wrong.sum())
+    return AttackRow(
+        name=name,
+        attacked=int(idx.numel()),
+        fooled=fooled,
+        robust_accuracy=float(robust.float().mean()) if n else 0.0,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _sanity_on_first(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    robust: Tensor,
+    sanity_points: int,
+    batch_size: int,
+    hyperparameters: Mapping[str, Any],
+) -> list[Any]:
+    """Gradient-masking checks on the first ``sanity_points`` points, against the cascade's
+    robust accuracy there."""
+    from .sanity import sanity_checks
+
+    if "eps" not in hyperparameters:
+        raise UserError("sanity checks need eps=...")
+    m = min(sanity_points, x.shape[0])
+    return sanity_checks(
+        model,
+        x[:m],
+        y[:m],
+        eps=float(hyperparameters["eps"]),
+        norm=str(hyperparameters.get("norm", "linf")),
+        white_box_accuracy=float(robust[:m].float().mean()) if m else None,
+        batch_size=batch_size,
+    )
+
+
 def evaluate_robustness(
     model: nn.Module,
     data: Any,
@@ -163,29 +225,10 @@ def evaluate_robustness(
     robust = clean_correct.clone()
     x_adv = x.detach().clone()
     fooled_by: list[str | None] = [None] * n
-    rows = []
-    for name, attack in pairs:
-        idx = robust.nonzero().squeeze(1)
-        start = time.perf_counter()
-        fooled = 0
-        if idx.numel():
-            res = batched_logits(model, x[idx], y[idx], {name: attack}, batch_size=batch_size,
-                                 clean=False, keep_inputs=True)
-            wrong = (res.adversarial[name].argmax(1) != y[idx].cpu()).to(idx.device)
-            x_adv[idx] = res.inputs[name].to(x_adv.device, x_adv.dtype)
-            robust[idx[wrong]] = False
-            for j in idx[wrong].tolist():
-                fooled_by[j] = name
-            fooled = int(wrong.sum())
-        rows.append(
-            AttackRow(
-                name=name,
-                attacked=int(idx.numel()),
-                fooled=fooled,
-                robust_accuracy=float(robust.float().mean()) if n else 0.0,
-                seconds=time.perf_counter() - start,
-            )
-        )
+    rows = [
+        _attack_survivors(model, name, attack, x, y, robust, x_adv, fooled_by, batch_size)
+        for name, attack in pairs
+    ]
     report = RobustnessReport(
         n=n,
         clean_accuracy=float(clean_correct.float().mean()) if n else 0.0,
@@ -197,20 +240,8 @@ def evaluate_robustness(
         fooled_by=fooled_by,
     )
     if sanity:
-        from .sanity import sanity_checks
-
-        if "eps" not in hyperparameters:
-            raise UserError("sanity checks need eps=...")
-        m = min(sanity_points, n)
-        report.sanity = sanity_checks(
-            model,
-            x[:m],
-            y[:m],
-            eps=float(hyperparameters["eps"]),
-            norm=str(hyperparameters.get("norm", "linf")),
-            white_box_accuracy=float(robust[:m].float().mean()) if m else None,
-            batch_size=batch_size,
-        )
+        report.sanity = _sanity_on_first(model, x, y, robust, sanity_points, batch_size,
+                                         hyperparameters)
     return report
 
 

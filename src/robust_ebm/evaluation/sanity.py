@@ -45,6 +45,104 @@ def zero_gradient_share(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((g.flatten(1).abs().amax(1) == 0).float().mean())
 
 
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every check shares: the points, the PGD variant and the one-point slack ``tol``."""
+
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    norm: str
+    batch_size: int
+    seed: int
+
+    @property
+    def tol(self) -> float:
+        return 1.0 / self.x.shape[0] + 1e-9  # one point of slack for ties
+
+    @property
+    def pgd(self) -> str:
+        return "pgd" if self.norm == "linf" else "pgd_l2"
+
+    @property
+    def big(self) -> float:
+        """A budget covering the whole image box (pixel units)."""
+        return 1.0 if self.norm == "linf" else float(self.x[0].numel()) ** 0.5
+
+    def acc(self, attack: Any) -> float:
+        return _robust_acc(self.model, attack, self.x, self.y, self.batch_size)
+
+    def pgd_acc(self, eps: float, steps: int, **kw: Any) -> float:
+        return self.acc(make_attack(self.pgd, eps=eps, steps=steps, seed=self.seed, **kw))
+
+
+def _check_accuracy_falls_with_eps(s: _Setup, eps: float, steps: int) -> SanityCheck:
+    grid = sorted({min(eps * f, s.big) for f in (1, 2, 4, 8)} | {s.big})
+    accs = [s.pgd_acc(e, 2 * steps) for e in grid]
+    monotone = all(b <= a + s.tol for a, b in itertools.pairwise(accs))
+    return SanityCheck(
+        "accuracy_falls_with_eps",
+        monotone and accs[-1] <= s.tol,
+        dict(zip([round(e, 6) for e in grid], accs)),
+        f"PGD-{2 * steps} accuracy over eps {[round(e, 4) for e in grid]}: "
+        + ", ".join(f"{a:.1%}" for a in accs),
+    )
+
+
+def _check_more_steps_never_help(s: _Setup, eps: float, steps: int) -> SanityCheck:
+    a_few = s.pgd_acc(eps, steps)
+    a_many = s.pgd_acc(eps, 5 * steps)
+    return SanityCheck(
+        "more_steps_never_help",
+        a_many <= a_few + s.tol,
+        {"steps": [steps, 5 * steps], "accuracy": [a_few, a_many]},
+        f"PGD-{steps} {a_few:.1%} vs PGD-{5 * steps} {a_many:.1%}",
+    )
+
+
+def _check_unbounded_attack_succeeds(s: _Setup) -> SanityCheck:
+    big = s.big
+    a_unb = s.pgd_acc(big, 50, step_size=big / 10)
+    return SanityCheck(
+        "unbounded_attack_succeeds",
+        a_unb <= s.tol,
+        a_unb,
+        f"PGD-50 with eps={big:.3g} (the whole image box) leaves {a_unb:.1%} accuracy",
+    )
+
+
+def _check_black_box_not_better(
+    s: _Setup, eps: float, white_box_accuracy: float | None, square_queries: int
+) -> SanityCheck:
+    if white_box_accuracy is None:
+        return SanityCheck("black_box_not_better", None, None, "no white-box accuracy given")
+    try:
+        square = make_attack(
+            "ta_square", eps=eps, norm=s.norm, n_queries=square_queries, seed=s.seed
+        )
+        a_sq = s.acc(square)
+    except UserError as exc:
+        return SanityCheck("black_box_not_better", None, None, f"skipped: {exc}")
+    return SanityCheck(
+        "black_box_not_better",
+        a_sq + s.tol >= white_box_accuracy,
+        {"square": a_sq, "white_box": white_box_accuracy},
+        f"Square ({square_queries} queries) {a_sq:.1%} vs white-box "
+        f"{white_box_accuracy:.1%}",
+    )
+
+
+def _check_zero_gradients(s: _Setup) -> SanityCheck:
+    share = zero_gradient_share(s.model, s.x, s.y)
+    return SanityCheck(
+        "zero_gradients",
+        share <= 0.01,
+        share,
+        f"{share:.1%} of points have an all-zero input gradient of CE",
+    )
+
+
 def sanity_checks(
     model: nn.Module,
     x: Tensor,
@@ -67,87 +165,14 @@ def sanity_checks(
     """
     if x.shape[0] == 0:
         raise UserError("sanity checks need at least one point")
-    n = x.shape[0]
-    tol = 1.0 / n + 1e-9  # one point of slack for ties
-    pgd = "pgd" if norm == "linf" else "pgd_l2"
-    big = 1.0 if norm == "linf" else float(x[0].numel()) ** 0.5
-    out: list[SanityCheck] = []
-
-    grid = sorted({min(eps * f, big) for f in (1, 2, 4, 8)} | {big})
-    accs = [
-        _robust_acc(model, make_attack(pgd, eps=e, steps=2 * steps, seed=seed), x, y, batch_size)
-        for e in grid
+    s = _Setup(model, x, y, norm, batch_size, seed)
+    return [
+        _check_accuracy_falls_with_eps(s, eps, steps),
+        _check_more_steps_never_help(s, eps, steps),
+        _check_unbounded_attack_succeeds(s),
+        _check_black_box_not_better(s, eps, white_box_accuracy, square_queries),
+        _check_zero_gradients(s),
     ]
-    monotone = all(b <= a + tol for a, b in itertools.pairwise(accs))
-    out.append(
-        SanityCheck(
-            "accuracy_falls_with_eps",
-            monotone and accs[-1] <= tol,
-            dict(zip([round(e, 6) for e in grid], accs)),
-            f"PGD-{2 * steps} accuracy over eps {[round(e, 4) for e in grid]}: "
-            + ", ".join(f"{a:.1%}" for a in accs),
-        )
-    )
-
-    a_few = _robust_acc(model, make_attack(pgd, eps=eps, steps=steps, seed=seed), x, y, batch_size)
-    a_many = _robust_acc(
-        model, make_attack(pgd, eps=eps, steps=5 * steps, seed=seed), x, y, batch_size
-    )
-    out.append(
-        SanityCheck(
-            "more_steps_never_help",
-            a_many <= a_few + tol,
-            {"steps": [steps, 5 * steps], "accuracy": [a_few, a_many]},
-            f"PGD-{steps} {a_few:.1%} vs PGD-{5 * steps} {a_many:.1%}",
-        )
-    )
-
-    a_unb = _robust_acc(
-        model,
-        make_attack(pgd, eps=big, steps=50, step_size=big / 10, seed=seed),
-        x,
-        y,
-        batch_size,
-    )
-    out.append(
-        SanityCheck(
-            "unbounded_attack_succeeds",
-            a_unb <= tol,
-            a_unb,
-            f"PGD-50 with eps={big:.3g} (the whole image box) leaves {a_unb:.1%} accuracy",
-        )
-    )
-
-    if white_box_accuracy is None:
-        out.append(SanityCheck("black_box_not_better", None, None, "no white-box accuracy given"))
-    else:
-        try:
-            square = make_attack(
-                "ta_square", eps=eps, norm=norm, n_queries=square_queries, seed=seed
-            )
-            a_sq = _robust_acc(model, square, x, y, batch_size)
-            out.append(
-                SanityCheck(
-                    "black_box_not_better",
-                    a_sq + tol >= white_box_accuracy,
-                    {"square": a_sq, "white_box": white_box_accuracy},
-                    f"Square ({square_queries} queries) {a_sq:.1%} vs white-box "
-                    f"{white_box_accuracy:.1%}",
-                )
-            )
-        except UserError as exc:
-            out.append(SanityCheck("black_box_not_better", None, None, f"skipped: {exc}"))
-
-    share = zero_gradient_share(model, x, y)
-    out.append(
-        SanityCheck(
-            "zero_gradients",
-            share <= 0.01,
-            share,
-            f"{share:.1%} of points have an all-zero input gradient of CE",
-        )
-    )
-    return out
 
 
 __all__ = ["SanityCheck", "sanity_checks", "zero_gradient_share"]

@@ -68,6 +68,29 @@ def chain_ids(classes: Sequence[int], n_per_class: int) -> Tensor:
     return (y << 32) | within
 
 
+def _run_config(
+    sampler: SGLD,
+    init: Init,
+    classes: Sequence[int],
+    n_per_class: int,
+    batch_size: int,
+    seed: int | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The record of a :func:`sample_classes` run (settings and seeding scheme)."""
+    return {
+        "sampler": sampler.config(),
+        "init": init.config() if hasattr(init, "config") else type(init).__name__,
+        "classes": [int(c) for c in classes],
+        "n_per_class": n_per_class,
+        "batch_size": batch_size,
+        "seed": seed,
+        "seeding": "per chain (class c, index j): streams keyed by (derive_seed(seed, 0), c, j) "
+                   "for x0 and (derive_seed(seed, 1), c, j) for the noise",
+        "device": str(device),
+    }
+
+
 def sample_classes(
     model: nn.Module,
     sampler: SGLD,
@@ -119,23 +142,12 @@ def sample_classes(
         trajs.append(res.energy_trajectory.cpu())
         if keep_x0:
             x0s.append(x0)
-    config = {
-        "sampler": sampler.config(),
-        "init": init.config() if hasattr(init, "config") else type(init).__name__,
-        "classes": [int(c) for c in classes],
-        "n_per_class": n_per_class,
-        "batch_size": batch_size,
-        "seed": seed,
-        "seeding": "per chain (class c, index j): streams keyed by (derive_seed(seed, 0), c, j) "
-                   "for x0 and (derive_seed(seed, 1), c, j) for the noise",
-        "device": str(device),
-    }
     return Generation(
         x=torch.cat(xs),
         y=y_all[first:stop],
         energy_trajectory=torch.cat(trajs, dim=1),
         x0=torch.cat(x0s) if keep_x0 else None,
-        config=config,
+        config=_run_config(sampler, init, classes, n_per_class, batch_size, seed, device),
     )
 
 

@@ -178,6 +178,27 @@ def energy_summary(traj: Tensor, y: Tensor, classes: Sequence[int]) -> dict[str,
     return out
 
 
+def _sample_metrics(
+    x: Tensor,
+    real: Any,
+    features: tuple[nn.Module, str] | None,
+    seed: int,
+    real_set: str | None,
+) -> dict[str, Any]:
+    """FID/KID/IS/precision-recall of the samples ``x`` against ``real``, or why they were
+    skipped."""
+    from ..generation_metrics import generation_metrics
+
+    if features is None or real is None:
+        return {"skipped": "no --features given: FID/KID/IS/precision-recall need a feature "
+                           "network (an independently trained classifier of the dataset)"}
+    metrics: dict[str, Any] = generation_metrics(real.images, x, features[0], features[1],
+                                                 seed=seed)
+    if real_set is not None:
+        metrics["real_set"] = real_set
+    return metrics
+
+
 def write_generation(
     model: nn.Module,
     init: Init,
@@ -212,7 +233,6 @@ def write_generation(
         ranks, which write nothing.
     """
     from ..evaluation.sharded import sharded_generation
-    from ..generation_metrics import generation_metrics
     from ..reports.plots import plot_energy_trajectory
 
     out = Path(out)
@@ -232,14 +252,7 @@ def write_generation(
     files["energy_plot"] = plot_energy_trajectory(out / "energy.png", summary,
                                                   str(sampler.energy), title, class_names)
     files["energy"] = atomic_write_json(out / "energy.json", summary)
-    if features is not None and real is not None:
-        metrics: dict[str, Any] = generation_metrics(real.images, gen.x, features[0],
-                                                     features[1], seed=seed)
-        if real_set is not None:
-            metrics["real_set"] = real_set
-    else:
-        metrics = {"skipped": "no --features given: FID/KID/IS/precision-recall need a feature "
-                              "network (an independently trained classifier of the dataset)"}
+    metrics = _sample_metrics(gen.x, real, features, seed, real_set)
     files["metrics"] = atomic_write_json(out / "metrics.json", metrics)
     return {"n": len(gen.y), "energy_start": summary["overall"]["mean"][0],
             "energy_end": summary["overall"]["mean"][-1], "summary": summary,

@@ -20,7 +20,7 @@ from ..checkpoint import save_model
 from ..data import load_dataset, split_train_val
 from ..errors import UserError
 from ..loading import check_model_accepts
-from ..models import create_model
+from ..models import Classifier, create_model
 from ..objectives import make_objective
 from ..provenance import write_run_json
 from .callbacks import default_callbacks
@@ -28,6 +28,17 @@ from .config import eval_config, model_spec, train_config
 from .loop import check_device_options, train
 
 __all__ = ["run_training"]
+
+
+def _initial_model(cfg: dict[str, Any], train_set: Any, seed: int) -> Classifier:
+    """The configured model with its initial weights drawn from ``seed`` only, normalizing by
+    the training set's statistics (unless the config asks for raw [0, 1] inputs)."""
+    torch.manual_seed(seed)  # the initial weights depend on the seed only
+    name, normalize, model_kw = model_spec(cfg)
+    stats = (train_set.mean, train_set.std) if normalize else (None, None)  # None: raw [0, 1]
+    model = create_model(name, train_set.num_classes, train_set.shape[0], *stats, **model_kw)
+    check_model_accepts(model, train_set.shape, str(cfg["data"]["dataset"]))
+    return model
 
 
 def run_training(
@@ -65,11 +76,7 @@ def run_training(
     device = torch.device(device)
     check_device_options(tcfg, device)
     train_set, val, test = _splits(data, tcfg.seed)
-    torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
-    name, normalize, model_kw = model_spec(cfg)
-    stats = (train_set.mean, train_set.std) if normalize else (None, None)  # None: raw [0, 1]
-    model = create_model(name, train_set.num_classes, train_set.shape[0], *stats, **model_kw)
-    check_model_accepts(model, train_set.shape, str(data["dataset"]))
+    model = _initial_model(cfg, train_set, tcfg.seed)
     is_main = int(os.environ.get("RANK", "0")) == 0
     out = Path(out)
     if prepare is not None:
