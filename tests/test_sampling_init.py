@@ -227,3 +227,30 @@ def test_seeded_chain_does_not_depend_on_the_request(make) -> None:
     assert torch.equal(twice.x[:5], alone.x) and not torch.equal(twice.x0[5:], alone.x0)
     other = sample_classes(model, sgld, init, [0], 5, batch_size=5, seed=2, keep_x0=True)
     assert not torch.equal(other.x0, alone.x0)
+
+
+def test_a_registered_init_is_a_generate_choice_and_is_fitted(monkeypatch):
+    """`generate --init` offers every registered initialisation (by alias) and build_init fits
+    one whose ``fitted`` flag is set (docs/architecture.md, "A sampler initialisation")."""
+    from robust_ebm.sampling import init as init_mod
+    from robust_ebm.sampling.study import build_init, init_aliases
+
+    class MeanInit:
+        def fit(self, images, labels):
+            self.mean = images.float().mean(0)
+            return self
+
+        def sample(self, y, generator=None):
+            return self.mean.expand(len(y), *self.mean.shape).clone()
+
+    monkeypatch.setitem(init_mod.INITS._entries, "class_mean_test", MeanInit)
+    monkeypatch.setitem(init_mod.INITS._meta, "class_mean_test",
+                        {"alias": "mean_test", "fitted": True, "cached": False})
+    assert init_aliases()[:4] == ("pca", "gaussian", "uniform", "noise")
+    assert "mean_test" in init_aliases()
+    images, labels = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 0, 1, 0, 1])
+    init, note = build_init("mean_test", images, labels, "toy")
+    assert isinstance(init, MeanInit) and note == {}
+    torch.testing.assert_close(init.sample(torch.tensor([0]))[0], images.mean(0))
+    with pytest.raises(UserError, match="unknown init 'nope'"):
+        build_init("nope", images, labels, "toy")

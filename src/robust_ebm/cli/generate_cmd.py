@@ -43,7 +43,7 @@ def _momentum(text: str) -> float:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..sampling import ENERGIES
     from ..sampling.sgld import NOISE_SCALINGS, REDUCTIONS
-    from ..sampling.study import INITS
+    from ..sampling.study import init_aliases
 
     p = sub.add_parser(
         "generate", help="sample images from a classifier with SGLD",
@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_common_args(p)
     add_flags_file_arg(p)
-    p.add_argument("--init", choices=INITS, default="pca",
+    p.add_argument("--init", choices=init_aliases(), default="pca",
                    help="starting points: class-wise PCA (default), class Gaussian, U[0,1] noise, "
                         "or a real image plus noise")
     p.add_argument("--steps", type=int, default=50, help="SGLD steps (default 50)")

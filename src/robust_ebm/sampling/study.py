@@ -25,12 +25,21 @@ from torch import Tensor, nn
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_npz
 from .generate import save_grid
-from .init import ClassGaussianInit, ClassPCAInit, Init, NoiseInjectionInit, UniformInit
+from .init import INITS as INIT_REGISTRY
+from .init import (
+    ClassGaussianInit,
+    ClassPCAInit,
+    Init,
+    NoiseInjectionInit,
+    UniformInit,
+    make_init,
+)
 from .sgld import SGLD
 
 __all__ = [
     "CLASS_NAMES",
     "INITS",
+    "init_aliases",
     "build_init",
     "check_training_data",
     "default_stats_dir",
@@ -42,7 +51,17 @@ __all__ = [
     "write_generation",
 ]
 
-INITS = ("pca", "gaussian", "uniform", "noise")
+_BUILT_IN = ("pca", "gaussian", "uniform", "noise")
+
+
+def init_aliases() -> tuple[str, ...]:
+    """The ``generate --init`` choices: the alias of every registered initialisation
+    (:data:`robust_ebm.sampling.init.INITS`), the built-in ones first."""
+    aliases = {INIT_REGISTRY.meta(n).get("alias") or n for n in INIT_REGISTRY.names()}
+    return tuple(a for a in _BUILT_IN if a in aliases) + tuple(sorted(aliases - set(_BUILT_IN)))
+
+
+INITS = init_aliases()  # the choices at import time; init_aliases() also sees later registrations
 
 CLASS_NAMES = {
     "fashion_mnist": ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -147,7 +166,7 @@ def build_init(
     elif kind == "gaussian":
         cls, kwargs = ClassGaussianInit, {}
     else:
-        raise UserError(f"unknown init {kind!r}; choose from {', '.join(INITS)}")
+        return _registered_init(kind, images, labels), {}
     key = hashlib.sha256(json.dumps(cls(**kwargs).config(), sort_keys=True).encode()).hexdigest()
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset_name)
     folder = Path(stats_dir) if stats_dir else default_stats_dir()
@@ -158,6 +177,16 @@ def build_init(
     if isinstance(init, ClassPCAInit):
         note["pca_components"] = {int(c): len(v) for c, v in init.eigenvalues.items()}
     return init, note
+
+
+def _registered_init(kind: str, images: Tensor, labels: Tensor) -> Init:
+    """Any other registered initialisation by alias or name, built without arguments and fitted
+    on the training images when its ``fitted`` flag says so."""
+    names = INIT_REGISTRY.names(alias=kind) or ([kind] if kind in INIT_REGISTRY else [])
+    if not names:
+        raise UserError(f"unknown init {kind!r}; choose from {', '.join(init_aliases())}")
+    init = make_init(names[0])
+    return init.fit(images, labels) if INIT_REGISTRY.meta(names[0]).get("fitted") else init
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
