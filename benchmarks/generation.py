@@ -47,7 +47,8 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def child(args: argparse.Namespace) -> dict:
+def _setup(args: argparse.Namespace) -> tuple:
+    """(device, model, x0, y, sampler) of one measurement, seeded."""
     from robust_ebm.models import create_model
     from robust_ebm.sampling import SGLD
 
@@ -57,6 +58,13 @@ def child(args: argparse.Namespace) -> dict:
     x0 = torch.rand(args.batch, args.channels, args.size, args.size, device=device)
     y = torch.arange(args.batch, device=device) % 10
     sgld = SGLD(step_size=args.step_size, momentum=0.8, noise_std=0.001, steps=args.steps)
+    return device, model, x0, y, sgld
+
+
+def child(args: argparse.Namespace) -> dict:
+    from robust_ebm.sampling import SGLD
+
+    device, model, x0, y, sgld = _setup(args)
 
     def run_once(steps: int) -> None:
         if args.variant == "ours":
@@ -143,15 +151,8 @@ def noise_ab(args: argparse.Namespace) -> int:
     """Whole SGLD steps in one process, alternating rounds: noise from per-chain streams
     (``seed=0``) against one ``torch.Generator`` per batch (``generator=``, the sampler's
     path before per-chain streams); best of ``--repeats`` rounds each."""
-    from robust_ebm.models import create_model
-    from robust_ebm.sampling import SGLD
 
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    model = create_model(args.model, 10, args.channels).to(device)
-    x0 = torch.rand(args.batch, args.channels, args.size, args.size, device=device)
-    y = torch.arange(args.batch, device=device) % 10
-    sgld = SGLD(step_size=args.step_size, momentum=0.8, noise_std=0.001, steps=args.steps)
+    device, model, x0, y, sgld = _setup(args)
     runs = {
         "generator": lambda: sgld(model, x0, y, generator=torch.Generator(device).manual_seed(0)),
         "streams": lambda: sgld(model, x0, y, seed=0),

@@ -330,10 +330,7 @@ def read_npz(path: str | Path, split: str = "train") -> tuple[Tensor, Tensor, in
         (images uint8 (N, C, H, W), labels int64 (N,), num_classes).
     """
     path = Path(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise CorruptDataError(f"{path}: cannot read the .npz file ({exc})") from exc
+    npz = _open_npz(path)
     with npz:
         keys = set(npz.files)
         if {f"x_{split}", f"y_{split}"} <= keys:
@@ -369,14 +366,19 @@ def read_npz(path: str | Path, split: str = "train") -> tuple[Tensor, Tensor, in
     return torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64)), k
 
 
+def _open_npz(path: Path) -> Any:
+    """``np.load`` of an ``.npz`` without pickles; CorruptDataError naming the file otherwise."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise CorruptDataError(f"{path}: cannot read the .npz file ({exc})") from exc
+
+
 # ------------------------------------------------------------------------------ tiny-imagenet
 def read_tiny_imagenet(path: str | Path) -> Pair:
     """Read one split of the Tiny-ImageNet ``.npz`` repack: keys ``image`` and ``label``."""
     path = Path(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise CorruptDataError(f"{path}: cannot read the .npz file ({exc})") from exc
+    npz = _open_npz(path)
     with npz:
         if not {"image", "label"} <= set(npz.files):
             raise CorruptDataError(
