@@ -97,7 +97,8 @@ def fixed_subsets(
 
 class Evaluation(Callback):
     """Each epoch: clean and attacked accuracy and energy summaries on fixed subsets
-    (:func:`robust_ebm.statistics.attacked_report`), as ``record["eval"][split]``, and the
+    (the energy-under-attack pipeline, :func:`robust_ebm.analysis.analyze_energy`, through
+    :func:`robust_ebm.train.tracking.evaluate_subsets`), as ``record["eval"][split]``, and the
     attack's description as ``record["eval_attack"]`` (None for clean-only evaluation)."""
 
     def __init__(
