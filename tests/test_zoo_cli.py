@@ -117,6 +117,10 @@ def test_dataset_defaults_to_the_zoo_entrys(zoo_files, capsys):
       "fashion_mnist"], "is a cifar10 model"),
     (["--arch", "wide_resnet", "--arch-args", "depth=10,widen_factor=1", "--mean", "0",
       "--std", "1", "--checkpoint", "C100"], "predicts 100 classes"),
+    (["--arch", "wide_resnet", "--arch-args", "depth=28,widen_factor=10,sub_block1=true",
+      "--mean", "0", "--std", "inf", "--checkpoint", "CARMON"], "--std must be finite numbers"),
+    (["--arch", "wide_resnet", "--arch-args", "depth=28,widen_factor=10,sub_block1=true",
+      "--mean", "nan", "--std", "1", "--checkpoint", "CARMON"], "--mean must be finite numbers"),
 ])
 def test_bad_model_options_one_line_exit_2_nothing_written(zoo_files, tmp_path, capsys, extra,
                                                            needle):

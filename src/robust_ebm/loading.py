@@ -11,6 +11,7 @@ import torch
 from .distributed_eval import rank_device
 from .errors import UserError
 from .evaluation.batched import to_unit_float
+from .validate import parse_floats
 
 __all__ = ["check_model_accepts", "check_model_fits_data", "float_batch", "load_model_and_split",
            "model_and_split", "model_from_args", "parse_arch_args", "recorded_metadata"]
@@ -139,12 +140,8 @@ def parse_arch_args(text: str) -> dict[str, Any]:
 
 
 def _floats(text: str | None, flag: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag} must be comma-separated numbers; got {text!r}") from None
+    """``--mean``/``--std``: None when not given, else finite numbers (:func:`parse_floats`)."""
+    return None if text is None else parse_floats(text, flag)
 
 
 def _zoo_dataset(args: argparse.Namespace) -> str:

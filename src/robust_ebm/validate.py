@@ -29,6 +29,8 @@ __all__ = [
     "check_number",
     "check_typed",
     "closest",
+    "parse_floats",
+    "parse_names",
     "unknown_key",
 ]
 
@@ -152,3 +154,22 @@ def check_images(x: Any, name: str = "x", channels: int | None = None) -> Tensor
         raise UserError(f"{name} must be in [0, 1]; got values in [{float(x.min()):.3g}, "
                         f"{float(x.max()):.3g}]")
     return x
+
+
+def parse_names(text: str, flag: str) -> list[str]:
+    """A comma-separated list of names; UserError naming ``flag`` when it is empty."""
+    names = [a.strip() for a in str(text).split(",") if a.strip()]
+    if not names:
+        raise UserError(f"{flag} is empty; give a comma-separated list")
+    return names
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    """A comma-separated list of finite numbers; UserError naming ``flag`` otherwise."""
+    try:
+        vals = [float(v) for v in parse_names(text, flag)]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated numbers; got {text!r}") from None
+    if any(not math.isfinite(v) for v in vals):
+        raise UserError(f"{flag} must be finite numbers; got {text!r}")
+    return vals

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from ..loading import (  # noqa: F401  (used by commands)
     resolve_device,
 )
 from ..statistics import format_clean_report as format_report  # noqa: F401  (used by commands)
+from ..validate import parse_floats, parse_names  # noqa: F401  (used by commands)
 
 
 def _int_at_least(text: str, low: int) -> int:
@@ -145,25 +145,6 @@ def emit(result: dict[str, Any], as_json: bool, text: str) -> None:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(text.rstrip("\n") + "\n")
-
-
-def parse_names(text: str, flag: str) -> list[str]:
-    """A comma-separated list of names; UserError naming ``flag`` when it is empty."""
-    names = [a.strip() for a in str(text).split(",") if a.strip()]
-    if not names:
-        raise UserError(f"{flag} is empty; give a comma-separated list")
-    return names
-
-
-def parse_floats(text: str, flag: str) -> list[float]:
-    """A comma-separated list of finite numbers; UserError naming ``flag`` otherwise."""
-    try:
-        vals = [float(v) for v in parse_names(text, flag)]
-    except ValueError:
-        raise UserError(f"{flag} must be comma-separated numbers; got {text!r}") from None
-    if any(not math.isfinite(v) for v in vals):
-        raise UserError(f"{flag} must be finite numbers; got {text!r}")
-    return vals
 
 
 def load_model_and_data(args: argparse.Namespace, split: str | None = None) -> tuple[Any, Any]:
