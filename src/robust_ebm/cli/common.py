@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,19 +103,25 @@ def add_common_args(p: argparse.ArgumentParser, data: bool = True, force: bool =
 
 
 def output_dir(args: argparse.Namespace, command: str, create: bool = True) -> Path:
-    """The run's output folder, created and locked (:func:`robust_ebm.outputs.prepare_out`);
-    ``create=False`` (torchrun ranks other than 0) only names it.
+    """The run's output folder (``--out``, else ``runs/<command>-<time>``), created and locked
+    by :func:`open_output`; ``create=False`` only names it.
 
     Call it only after the inputs were checked: a refused run must create nothing.
     """
-    from ..outputs import prepare_out
-
     if args.out:
         out = Path(args.out)
     else:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{command}-{stamp}"
-    if not create or int(os.environ.get("RANK", "0")) != 0:  # rank 0 checks and locks it
+    return open_output(args, out) if create else out
+
+
+def open_output(args: argparse.Namespace, out: Path) -> Path:
+    """Create and lock ``out`` under the ``--overwrite``/``--resume`` rules
+    (:func:`robust_ebm.outputs.prepare_out`); torchrun ranks other than 0 only get the path."""
+    from ..outputs import prepare_out
+
+    if not is_main():
         return out
     return prepare_out(out, overwrite=bool(getattr(args, "overwrite", False)),
                        resume=bool(getattr(args, "resume", False)))

@@ -8,8 +8,6 @@ Settings come from defaults, an optional TOML file (``--config``), the flags bel
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
@@ -20,7 +18,9 @@ from ..train.config import apply_set, default_config, load_toml, merge, validate
 from .common import (
     add_common_args,
     emit,
+    is_main,
     nonnegative_float,
+    open_output,
     output_dir,
     positive_int,
     resolve_device,
@@ -142,13 +142,7 @@ def execute(args: argparse.Namespace, defaults: dict[str, Any] | None = None) ->
     if args.resume and not args.out:
         raise UserError("--resume needs --out pointing at the interrupted run's folder")
     out = output_dir(args, "train", create=False)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-
-    def prepare() -> Path:  # after the inputs were checked: a refused run creates nothing
-        return output_dir(args, "train") if is_main else out
-
-    if not args.out:
-        args.out = str(out)  # one timestamped name for both calls
-    log = (lambda s: None) if (args.json or not is_main) else print
+    log = (lambda s: None) if (args.json or not is_main()) else print
+    # the folder is created only once run_training has checked the data and the model
     return run_training(cfg, out, device=resolve_device(args.device), resume=args.resume,
-                        log=log, prepare=prepare)
+                        log=log, prepare=lambda: open_output(args, out))

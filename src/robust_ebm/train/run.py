@@ -18,6 +18,7 @@ import torch
 
 from ..checkpoint import save_model
 from ..data import load_dataset, split_train_val
+from ..distributed_eval import is_main
 from ..errors import UserError
 from ..loading import check_model_accepts
 from ..models import Classifier, create_model
@@ -77,13 +78,13 @@ def run_training(
     check_device_options(tcfg, device)
     train_set, val, test = _splits(data, tcfg.seed)
     model = _initial_model(cfg, train_set, tcfg.seed)
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main()
     out = Path(out)
     if prepare is not None:
         out = prepare()
     else:
         out.mkdir(parents=True, exist_ok=True)
-    if is_main and not resume:
+    if main and not resume:
         write_run_json(out, cfg, tcfg.seed, device)
     meta = {"dataset": data["dataset"], "objective": cfg["objective"]["name"],
             "objective_config": cfg["objective"], "input_shape": list(train_set.shape)}
@@ -91,7 +92,7 @@ def run_training(
                                   out_dir=out, metadata=meta, config=cfg["train"])
     history = train(model, objective, train_set, tcfg, callbacks, out_dir=out, device=device,
                     run_config=cfg, resume=resume, log=log)
-    if not is_main:
+    if not main:
         return None
     final = history[-1]
     ckpt = save_model(out / "model.safetensors", model, epoch=tcfg.epochs, metrics=final,
