@@ -38,7 +38,6 @@ from .sgld import SGLD
 
 __all__ = [
     "CLASS_NAMES",
-    "INITS",
     "init_aliases",
     "build_init",
     "check_training_data",
@@ -59,9 +58,6 @@ def init_aliases() -> tuple[str, ...]:
     (:data:`robust_ebm.sampling.init.INITS`), the built-in ones first."""
     aliases = {INIT_REGISTRY.meta(n).get("alias") or n for n in INIT_REGISTRY.names()}
     return tuple(a for a in _BUILT_IN if a in aliases) + tuple(sorted(aliases - set(_BUILT_IN)))
-
-
-INITS = init_aliases()  # the choices at import time; init_aliases() also sees later registrations
 
 CLASS_NAMES = {
     "fashion_mnist": ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -144,7 +140,7 @@ def build_init(
     pca_rule: str = "reach",
     noise_std: float = 0.5,
 ) -> tuple[Init, dict[str, Any]]:
-    """The initialiser ``kind`` (one of :data:`INITS`) fitted on the training images, and a note.
+    """The initialiser ``kind`` (one of :func:`init_aliases`) fitted on the training images, and a note.
 
     pca and gaussian statistics are cached in ``stats_dir`` (default :func:`default_stats_dir`)
     under a name holding the dataset and a hash of the settings; a cached file fitted on other
