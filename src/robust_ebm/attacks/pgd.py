@@ -264,14 +264,15 @@ def _move(
 ) -> Tensor:
     """The geometry's step from ``gradient``. With a geometry that has ``random_zero_step``
     (the published TRADES L2 procedure) a sample whose gradient is exactly zero takes
-    ``step_size * N(0, 1)`` instead, drawn from its own stream (``ids``: its batch positions)."""
+    ``-step_size * N(0, 1)`` instead (the sign as the published SGD update, which subtracts the
+    noise), drawn from its own stream (``ids``: its batch positions)."""
     move = geometry.step(gradient, step_size)
     if geometry.random_zero_step:
         zero = (gradient.flatten(1) == 0).all(dim=1).nonzero().squeeze(1)
         if zero.numel():
             noise = core.draw(prob.streams, ids[zero], tuple(gradient.shape[1:]), gradient,
                               "normal")
-            move[zero] = step_size[zero] * noise
+            move[zero] = -step_size[zero] * noise  # SGD descends: delta - lr * noise
     return move
 
 
