@@ -1,8 +1,9 @@
 """Measured effect of each published-behaviour option on a Fashion-MNIST model (docs/fidelity.md).
 
-Usage: python scripts/fidelity_effects.py CHECKPOINT [N]
+Usage: python scripts/fidelity_effects.py CHECKPOINT [N] [PART]
 Uses the first N test images (default 500); the detector calibrates on the first N and is
-evaluated on the next N. Prints one line per component, with the settings.
+evaluated on the next N. Prints one line per component, with the settings. PART: 'all'
+(default) or one component ('trades_l2').
 """
 
 from __future__ import annotations
@@ -73,11 +74,34 @@ def detector(model, x, y, n) -> None:
               f"over {row['n_adv']} x*, FPR {row['fpr']:.3f}")
 
 
-def main(path: str, n: int = 500) -> None:
+def trades_l2(model, x, y, eps: float = 1.5, steps: int = 10) -> None:
+    """Our L2 TRADES inner attack against the published procedure: same start (seed), the
+    published step 2 eps / steps, unclipped start; the projections and zero-gradient case differ."""
+    common = dict(eps=eps, step_size=2 * eps / steps, steps=steps, norm="l2", seed=1,
+                  clip_start=False)
+    adv = {p: make_attack("trades_kl", l2_procedure=p, **common)(model, x, y)
+           for p in ("ours", "published")}
+    with torch.no_grad():
+        ln = model(x)
+        kl = {p: float(kl_divergence(ln, model(a), "exact").mean()) for p, a in adv.items()}
+    dist = {p: (a - x).flatten(1).norm(dim=1) for p, a in adv.items()}
+    gap = (adv["ours"] - adv["published"]).flatten(1).norm(dim=1)
+    changed = float(((adv["ours"] - adv["published"]).abs() > 1e-6).double().mean())
+    print(f"TRADES L2 inner attack, eps {eps} step {2 * eps / steps:g} x{steps} (N={len(x)}): "
+          f"ours vs published x* differ in {changed:.1%} of pixels, ||x*_ours - x*_pub||_2 mean "
+          f"{float(gap.mean()):.3f} max {float(gap.max()):.3f}; ||x* - x||_2 mean ours "
+          f"{float(dist['ours'].mean()):.3f}, published {float(dist['published'].mean()):.3f}; "
+          f"KL(p(x) || p(x*)) mean ours {kl['ours']:.4f}, published {kl['published']:.4f}")
+
+
+def main(path: str, n: int = 500, part: str = "all") -> None:
     torch.manual_seed(0)
     model = load_model(path)
     test = load_dataset("fashion_mnist", "test")
     x, y = test.images[: 2 * n].float() / 255, test.labels[: 2 * n]
+    trades_l2(model, x[:n], y[:n])
+    if part == "trades_l2":
+        return
     starts_and_steps(model, x[:n], y[:n])
     kl_forms(model, x[:n], y[:n])
     pca_counts()
@@ -85,4 +109,4 @@ def main(path: str, n: int = 500) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], *(int(a) for a in sys.argv[2:]))
+    main(sys.argv[1], *(int(a) for a in sys.argv[2:3]), *sys.argv[3:4])

@@ -29,6 +29,7 @@ class Linf:
     """||delta||_inf <= eps: uniform start in the cube, signed-gradient steps, box clipping."""
 
     name: str = "linf"
+    random_zero_step: bool = False
 
     def init(self, sample: Sampler, eps: Tensor) -> Tensor:
         """A random delta in the ball: ``sample(kind, scale)`` draws per-sample noise shaped
@@ -62,6 +63,7 @@ class L2:
     gradient steps, radial projection then box clipping."""
 
     name: str = "l2"
+    random_zero_step: bool = False  # True: the loop gives zero-gradient samples a random step
 
     def init(self, sample: Sampler, eps: Tensor) -> Tensor:
         direction = self.normalize(sample("normal", None))
@@ -91,13 +93,49 @@ class L2:
         return delta.flatten(1).norm(dim=1)
 
 
+@dataclass(frozen=True)
+class PublishedL2(L2):
+    """The L2 inner attack of the published TRADES code (Zhang et al. 2019, arXiv 1901.08573;
+    ``trades.py``, ``distance='l_2'``), where SGD on delta with the gradient divided by its
+    per-sample norm is an L2 step of size lr. It differs from :class:`L2` in three places:
+
+    * the step divides by the exact norm (no 1e-12); a sample whose gradient is exactly zero
+      takes ``step_size * N(0, 1)`` instead, unnormalised (norm about step_size * sqrt(d));
+      the loop draws that noise (:attr:`random_zero_step`);
+    * projection clips to [0, 1] first, then scales delta onto the ball as ``torch.renorm``
+      does (factor eps / (||delta|| + 1e-7) when ||delta|| > eps), so the budget lost to
+      clipping is not lost; ours scales first and clips after, which can end inside the ball;
+    * the final clamp onto [0, 1] (a rounding-level no-op here) is kept.
+    """
+
+    random_zero_step: bool = True
+
+    def step(self, grad: Tensor, step_size: Tensor) -> Tensor:
+        norm = _flat_norm(grad)
+        return step_size * (grad / torch.where(norm > 0, norm, torch.ones_like(norm)))
+
+    def project(self, x: Tensor, x_adv: Tensor, eps: Tensor) -> Tensor:
+        delta = x_adv.clamp(0.0, 1.0) - x
+        norm = _flat_norm(delta)
+        scale = torch.where(norm > eps, eps / (norm + 1e-7), torch.ones_like(norm))
+        return (x + delta * scale).clamp_(0.0, 1.0)
+
+
 GEOMETRIES: dict[str, Linf | L2] = {"linf": Linf(), "l2": L2()}
+L2_PROCEDURES = ("ours", "published")
 
 
-def get_geometry(norm: str) -> Linf | L2:
+def get_geometry(norm: str, l2_procedure: str = "ours") -> Linf | L2:
+    """The geometry of ``norm`` ('linf' or 'l2'); ``l2_procedure='published'`` gives the published
+    TRADES L2 steps and projection (:class:`PublishedL2`), for norm 'l2' only."""
     key = norm.lower().replace("-", "").replace("_", "")
+    if l2_procedure not in L2_PROCEDURES:
+        raise UserError(f"l2_procedure must be one of {', '.join(L2_PROCEDURES)}; "
+                        f"got {l2_procedure!r}")
     if key in ("inf", "linf"):
+        if l2_procedure != "ours":
+            raise UserError("l2_procedure='published' needs norm 'l2'; drop it or set norm='l2'")
         return GEOMETRIES["linf"]
     if key == "l2":
-        return GEOMETRIES["l2"]
+        return PublishedL2() if l2_procedure == "published" else GEOMETRIES["l2"]
     raise UserError(f"unknown norm {norm!r}; choose 'linf' or 'l2'")

@@ -259,6 +259,23 @@ def loss_and_gradient(
     return gradient, logits.detach(), loss.detach()
 
 
+def _move(
+    geometry: Linf | L2, prob: Problem, gradient: Tensor, step_size: Tensor, ids: Tensor
+) -> Tensor:
+    """The geometry's step from ``gradient``. With a geometry that has ``random_zero_step``
+    (the published TRADES L2 procedure) a sample whose gradient is exactly zero takes
+    ``-step_size * N(0, 1)`` instead (the sign as the published SGD update, which subtracts the
+    noise), drawn from its own stream (``ids``: its batch positions)."""
+    move = geometry.step(gradient, step_size)
+    if geometry.random_zero_step:
+        zero = (gradient.flatten(1) == 0).all(dim=1).nonzero().squeeze(1)
+        if zero.numel():
+            noise = core.draw(prob.streams, ids[zero], tuple(gradient.shape[1:]), gradient,
+                              "normal")
+            move[zero] = -step_size[zero] * noise  # SGD descends: delta - lr * noise
+    return move
+
+
 def ascend(
     model: nn.Module,
     prob: Problem,
@@ -289,13 +306,14 @@ def ascend(
         )
         validate = False
         x_moving = x_moving.detach()
+        step = step_size if moving is None else step_size[moving]
+        move = _move(geometry, prob, gradient, step, rows if moving is None else rows[moving])
         if early_stop:
             success = prob.success(logits, which_moving)
             still = ~success
-            gradient = gradient * still.view(-1, *([1] * (x_adv.dim() - 1))).to(gradient.dtype)
-        step = step_size if moving is None else step_size[moving]
+            move = move * still.view(-1, *([1] * (x_adv.dim() - 1))).to(move.dtype)
         local_bounds = bounds if moving is None else (bounds[0][moving], bounds[1][moving])
-        x_next = geometry.project_bounds(x_moving + geometry.step(gradient, step), *local_bounds)
+        x_next = geometry.project_bounds(x_moving + move, *local_bounds)
         x_adv = x_next if moving is None else x_adv.index_copy(0, moving, x_next)
         if early_stop and bool(success.any()):
             here = torch.arange(x_adv.shape[0], device=x_adv.device) if moving is None else moving
@@ -396,6 +414,10 @@ class PGD:
         init_std: if set, start at x + init_std * N(0, 1) instead (TRADES uses 0.001).
         clip_start: project the random start onto the ball and [0, 1] (default). False keeps
             it unclipped, as the published TRADES, MART and WEAT code (docs/fidelity.md).
+        l2_procedure: with norm 'l2', 'ours' (default) or 'published': the L2 steps and
+            projection of the published TRADES code (:class:`~.geometry.PublishedL2`; with
+            init_std=0.001, clip_start=False and step_size = 2 * eps / steps it is that
+            code's inner attack, docs/fidelity.md).
         restarts: runs with fresh starts for samples not yet fooled; keeps each sample's best.
         targeted: False, True/'given' (pass targets=), 'random' or 'least_likely'.
         early_stop: stop moving a sample at its first successful iterate.
@@ -415,10 +437,11 @@ class PGD:
     early_stop: bool = False
     seed: int | None = 0
     clip_start: bool = True
+    l2_procedure: str = "ours"
 
     def __post_init__(self) -> None:
         check_common(self.eps, self.steps, self.step_size, self.restarts)
-        get_geometry(self.norm)
+        get_geometry(self.norm, self.l2_procedure)
         object.__setattr__(self, "loss", resolve_loss(self.loss))
         resolve_targeted(self.targeted)
         if self.init_std is not None and not self.init_std >= 0:
@@ -427,7 +450,7 @@ class PGD:
     def __call__(
         self, model: nn.Module, x: Tensor, y: Tensor, targets: Tensor | None = None
     ) -> Tensor:
-        geometry = get_geometry(self.norm)
+        geometry = get_geometry(self.norm, self.l2_procedure)
         loss = resolve_loss(self.loss)
         with core.frozen_eval(model), torch.enable_grad():
             prob = prepare(model, x, y, loss, resolve_targeted(self.targeted), targets, self.seed)

@@ -6,9 +6,10 @@ attack runs on the unwrapped model (never a DDP wrapper) in eval mode with froze
 the published code. The inner attack is built once, when the objective is constructed; each
 call only gives it a fresh seed drawn from the global RNG, which the training loop seeds per
 step, so runs are reproducible and resumable. Options that reproduce the published code where
-our defaults differ (``clip_start``, ``kl_form``, ``forward_passes``) are listed in
-docs/fidelity.md. Budgets are in pixel units of
-[0,1] images; defaults are the CIFAR-10 values of the papers (eps 8/255, step 2/255, 10 steps).
+our defaults differ (``clip_start``, ``kl_form``, ``forward_passes``, ``l2_procedure``) are
+listed in docs/fidelity.md. Budgets are in pixel units of [0,1] images, in the norm ``norm``
+('linf' or 'l2'); defaults are the L-inf CIFAR-10 values of the papers (eps 8/255, step 2/255,
+10 steps).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import make_attack
+from ..attacks.geometry import L2_PROCEDURES
 from ..distributed import unwrap
 from ..energy import free_energy, weat_weights
 from ..errors import UserError
@@ -29,6 +31,7 @@ from ..losses import KL_FORMS, mart_loss, trades_loss, weat_loss
 from .registry import register_objective
 
 Logs = dict[str, Tensor]
+NORMS = ("linf", "l2")  # the inner attack's threat model
 
 
 def _seed() -> int:
@@ -38,12 +41,17 @@ def _seed() -> int:
 @dataclass(frozen=True)
 class _Adversarial:
     """Budget of the inner maximisation: the registered attack ``inner`` with the options
-    ``inner_options``, at ``eps`` with ``steps`` steps of ``step_size`` (pixel units)."""
+    ``inner_options``, at ``eps`` with ``steps`` steps of ``step_size`` (pixel units, in the
+    norm ``norm``: 'linf' signed-gradient steps, 'l2' normalised-gradient steps and the L2
+    ball). ``l2_procedure='published'`` (norm 'l2' only) takes the published TRADES L2 steps
+    and projection (:class:`robust_ebm.attacks.geometry.PublishedL2`)."""
 
     eps: float = 8 / 255
     step_size: float = 2 / 255
     steps: int = 10
     clip_start: bool = True  # False: the published unclipped start (docs/fidelity.md)
+    norm: str = "linf"
+    l2_procedure: str = "ours"  # 'published': TRADES' L2 procedure (docs/fidelity.md)
     inner: ClassVar[str] = "pgd"
     inner_options: ClassVar[tuple[tuple[str, Any], ...]] = ()
 
@@ -58,7 +66,16 @@ class _Adversarial:
         kl_form = getattr(self, "kl_form", "exact")
         if kl_form not in KL_FORMS:
             raise UserError(f"kl_form must be one of {', '.join(KL_FORMS)}; got {kl_form!r}")
-        options = {**dict(self.inner_options), "clip_start": self.clip_start}
+        if self.norm not in NORMS:
+            raise UserError(f"norm must be one of {', '.join(NORMS)}; got {self.norm!r}")
+        if self.l2_procedure not in L2_PROCEDURES:
+            raise UserError(f"l2_procedure must be one of {', '.join(L2_PROCEDURES)}; "
+                            f"got {self.l2_procedure!r}")
+        if self.l2_procedure != "ours" and self.norm != "l2":
+            raise UserError(f"l2_procedure={self.l2_procedure!r} needs norm = 'l2'; "
+                            f"got norm {self.norm!r}")
+        options = {**dict(self.inner_options), "clip_start": self.clip_start, "norm": self.norm,
+                   "l2_procedure": self.l2_procedure}
         if self.inner == "trades_kl":  # the inner attack ascends the same KL as the loss
             options["kl_form"] = kl_form
         # a frozen dataclass holding a derived attribute, not a field (repr, eq and

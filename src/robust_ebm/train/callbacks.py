@@ -68,14 +68,15 @@ class Callback:
 
 
 def eval_attack(cfg: EvalConfig, seed: int) -> Any:
-    """PGD-k on CE at ``cfg.eval_eps`` with a fixed seed, or the identity when eval_eps is None."""
+    """PGD-k on CE at ``cfg.eval_eps`` in ``cfg.eval_norm`` (None: 'linf') with a fixed seed, or
+    the identity when eval_eps is None."""
     if cfg.eval_eps is None:
         return lambda model, x, y: x
     from ..attacks import make_attack
 
     step = cfg.eval_step_size if cfg.eval_step_size is not None else 2.5 * cfg.eval_eps / cfg.eval_steps
     return make_attack("pgd", eps=cfg.eval_eps, step_size=step, steps=cfg.eval_steps, seed=seed,
-                       clip_start=cfg.eval_clip_start)
+                       clip_start=cfg.eval_clip_start, norm=cfg.eval_norm or "linf")
 
 
 def fixed_subsets(
@@ -113,7 +114,9 @@ class Evaluation(Callback):
         cls, cfg: EvalConfig, seed: int, train_set: ImageDataset,
         val_set: ImageDataset | None = None, test_set: ImageDataset | None = None,
     ) -> Evaluation:
-        info = None if cfg.eval_eps is None else {"name": "pgd", "eps": cfg.eval_eps, "steps": cfg.eval_steps}
+        info = None if cfg.eval_eps is None else {"name": "pgd", "eps": cfg.eval_eps,
+                                                  "steps": cfg.eval_steps,
+                                                  "norm": cfg.eval_norm or "linf"}
         return cls(fixed_subsets(cfg, seed, train_set, val_set, test_set), eval_attack(cfg, seed),
                    cfg.eval_batch_size, info)
 

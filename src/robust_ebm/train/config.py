@@ -32,6 +32,7 @@ from ..validate import check_choice, check_number, check_typed, closest, unknown
 SECTIONS = ("data", "model", "objective", "train")
 SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_NORMS = ("linf", "l2")
 
 
 def _raise_failed(checks: list[tuple[bool, str]]) -> None:
@@ -118,13 +119,16 @@ class EvalConfig:
     ``energy_n`` fixed training samples are evaluated, ``eval_batch_size`` at a time, always
     in float32. ``tensorboard`` also writes the per-epoch record to ``<out>/tensorboard``.
     ``eval_clip_start=False`` starts the evaluation PGD unclipped, as the published evaluation
-    does (docs/fidelity.md).
+    does (docs/fidelity.md). ``eval_norm`` is its threat model, 'linf' or 'l2'; None: the
+    training objective's ``norm`` (set by :func:`robust_ebm.train.run.run_training`; 'linf'
+    for objectives without one).
     """
 
     eval_eps: float | None = None
     eval_step_size: float | None = None  # None: 2.5 * eps / steps
     eval_steps: int = 10
     eval_clip_start: bool = True
+    eval_norm: str | None = None  # None: the objective's norm
     eval_n: int = 1000  # validation/test samples evaluated each epoch
     energy_n: int = 500  # fixed training samples tracked each epoch
     eval_batch_size: int = 500
@@ -136,6 +140,8 @@ class EvalConfig:
             (self.eval_step_size is None or self.eval_step_size >= 0,
              f"eval_step_size must be >= 0; got {self.eval_step_size}"),
             (self.eval_steps >= 1, f"eval_steps must be >= 1; got {self.eval_steps}"),
+            (self.eval_norm in (None, *EVAL_NORMS),
+             f"eval_norm must be one of {', '.join(EVAL_NORMS)}; got {self.eval_norm!r}"),
             (self.eval_n >= 1 and self.energy_n >= 0, "eval_n must be >= 1 and energy_n >= 0"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1; got {self.eval_batch_size}"),
         ])
@@ -263,7 +269,8 @@ _RANGES: dict[str, dict[str, Any]] = {
     "train.eval_steps": {"low": 1}, "train.eval_n": {"low": 1}, "train.energy_n": {"low": 0},
     "train.eval_batch_size": {"low": 1},
 }
-_CHOICES = {"train.schedule": SCHEDULES, "train.precision": PRECISIONS}
+_CHOICES = {"train.schedule": SCHEDULES, "train.precision": PRECISIONS,
+            "train.eval_norm": EVAL_NORMS}
 
 
 def _hints(cls: Any) -> dict[str, Any]:

@@ -55,8 +55,9 @@ def run_training(
 
     Args:
         cfg: the resolved configuration ([data] [model] [objective] [train]); a missing
-            ``train.eval_eps`` is set (in place) to the objective's budget, so the per-epoch PGD
-            evaluation attacks at the training budget.
+            ``train.eval_eps`` is set (in place) to the objective's budget and a missing
+            ``train.eval_norm`` to its norm, so the per-epoch PGD evaluation attacks at the
+            training budget and threat model.
         out: run folder (created); ``resume`` continues from its ``state.pt``.
         log: progress lines (main process only).
         prepare: creates (and locks) the run folder once the data and model were checked, so
@@ -70,6 +71,8 @@ def run_training(
     objective = make_objective(cfg["objective"]["name"], **obj_hp)
     if cfg["train"].get("eval_eps") is None and getattr(objective, "eps", None) is not None:
         cfg["train"]["eval_eps"] = float(objective.eps)
+    if cfg["train"].get("eval_norm") is None:
+        cfg["train"]["eval_norm"] = str(getattr(objective, "norm", "linf"))
     tcfg, ecfg = train_config(cfg), eval_config(cfg)
     data = cfg["data"]
     if data["val_size"] is None or data["val_size"] < 0:
