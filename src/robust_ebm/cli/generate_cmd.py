@@ -6,7 +6,9 @@ Beadini & Masi, arXiv 2304.04033). Writes to ``--out`` the files of
 plot and summary, ``metrics.json`` on the ``--features`` network, never the model under test)
 and ``run.json``; under torchrun the chains are sharded over the ranks and rank 0 writes
 (docs/scale.md). Fitted init statistics (gaussian, pca) are cached under ``--stats-dir``
-(default ``$XDG_CACHE_HOME/robust_ebm/stats``) and checked against the data before reuse.
+(default ``$XDG_CACHE_HOME/robust_ebm/stats``) and checked against the data before reuse; so
+are the class reference statistics of ``--energy reference|mahalanobis`` and
+``--stop-tolerance`` (:mod:`robust_ebm.sampling.reference`; checked against data and model).
 """
 
 from __future__ import annotations
