@@ -6,7 +6,9 @@ Beadini & Masi, arXiv 2304.04033). Writes to ``--out`` the files of
 plot and summary, ``metrics.json`` on the ``--features`` network, never the model under test)
 and ``run.json``; under torchrun the chains are sharded over the ranks and rank 0 writes
 (docs/scale.md). Fitted init statistics (gaussian, pca) are cached under ``--stats-dir``
-(default ``$XDG_CACHE_HOME/robust_ebm/stats``) and checked against the data before reuse.
+(default ``$XDG_CACHE_HOME/robust_ebm/stats``) and checked against the data before reuse; so
+are the class reference statistics of ``--energy reference|mahalanobis`` and
+``--stop-tolerance`` (:mod:`robust_ebm.sampling.reference`; checked against data and model).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def _momentum(text: str) -> float:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..sampling import ENERGIES
+    from ..sampling.reference import REFERENCE_ENERGIES
     from ..sampling.sgld import NOISE_SCALINGS, REDUCTIONS
     from ..sampling.study import init_aliases
 
@@ -67,12 +70,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=_momentum, default=0.8, help="zeta in [0,1) (default 0.8)")
     p.add_argument("--noise-std", type=nonnegative_float, default=0.001,
                    help="std of the Gaussian noise added each step (default 0.001)")
-    p.add_argument("--energy", choices=ENERGIES, default="joint",
-                   help="energy to descend: joint E(x,y) (default), free E(x), ce")
+    p.add_argument("--energy", choices=ENERGIES + REFERENCE_ENERGIES, default="joint",
+                   help="energy to descend: joint E(x,y) (default), free E(x), ce, reference "
+                        "(E(x,y) - class mean)^2, mahalanobis (logit distance to the class)")
     p.add_argument("--noise-scaling", choices=NOISE_SCALINGS, default="none",
                    help="sqrt_2_step: noise times sqrt(2 * eta), the published alpha")
     p.add_argument("--energy-reduction", choices=REDUCTIONS, default="sum",
                    help="mean: gradient of the batch mean (published 'ce'; steps shrink by 1/N)")
+    _add_sampler_option_args(p)
     p.add_argument("--n-per-class", type=positive_int, default=10)
     p.add_argument("--classes", default=None, help="comma-separated class indices (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=100)
@@ -124,14 +129,16 @@ def run(args: argparse.Namespace) -> int:
                               f"{args.dataset} (the samples of --features' model)", args.force)
         real = study.real_subset(train_ds, args.real_n, args.seed)
 
+    # before start_run: a bad option writes nothing
+    options, reference_note = _sampler_options(args, model, train_ds, model_sha)
+    sampler = SGLD(step_size=args.step_size, momentum=args.momentum, noise_std=args.noise_std,
+                   steps=args.steps, noise_scaling=args.noise_scaling,
+                   energy_reduction=args.energy_reduction, **options)
     out = start_run(args, "generate", device)
     init, init_note = study.build_init(
         args.init, train_ds.images, train_ds.labels, train_ds.name, args.stats_dir,
         pca_variance=args.pca_variance, pca_sigma=args.pca_sigma, pca_rule=args.pca_rule,
         noise_std=args.noise_init_std)
-    sampler = SGLD(step_size=args.step_size, momentum=args.momentum, noise_std=args.noise_std,
-                   steps=args.steps, energy=args.energy, noise_scaling=args.noise_scaling,
-                   energy_reduction=args.energy_reduction)
     objective = (read_metadata(args.checkpoint).get("objective", "?")
                  if str(args.checkpoint).endswith(".safetensors") else "?")
     what = (f"{objective} {model.arch['name']} | init {args.init}, "
@@ -149,12 +156,71 @@ def run(args: argparse.Namespace) -> int:
         "out": str(out), "checkpoint": str(args.checkpoint), "checkpoint_sha256": model_sha,
         "dataset": train_ds.name, "classes": classes, "n": res["n"], "init": args.init,
         "init_config": init.config() if hasattr(init, "config") else args.init, **init_note,
-        "sampler": sampler.config(), "energy_start": res["energy_start"],
+        "sampler": sampler.config(), **reference_note, "energy_start": res["energy_start"],
         "energy_end": res["energy_end"], "metrics": res["metrics"],
         "files": {k: str(v) for k, v in res["files"].items()},
     }
     emit(result, args.json, study.summary_text(result, args.energy, args.steps))
     return 0
+
+
+# -- sampler options of the published generation code (docs/fidelity.md) ------------------------
+
+
+def _add_sampler_option_args(p: argparse.ArgumentParser) -> None:
+    from ..sampling.sgld import CLIP_NORMS, INTEGRATORS
+
+    p.add_argument("--integrator", choices=INTEGRATORS, default="euler",
+                   help="euler (default); heun (predictor-corrector, descends the energy); "
+                        "heun_published (the published Heun, which ascends it)")
+    p.add_argument("--step-clip", type=positive_float, default=None,
+                   help="bound on each step's update, pixel units (default: none; the published "
+                        "code's eps is 1)")
+    p.add_argument("--clip-norm", choices=CLIP_NORMS, default="linf",
+                   help="how --step-clip bounds it: linf per pixel (published Linf mode), l2 per "
+                        "chain, l2_published (renormalises the SAMPLE, the published L2 mode)")
+    p.add_argument("--stop-tolerance", type=positive_float, default=None,
+                   help="adaptive stopping: a chain stops once (E(x,y) - mean real E(x,y))^2 < "
+                        "this (default: off)")
+    p.add_argument("--reference-n", type=int, default=1000,
+                   help="real TRAIN images per class (the first ones) for the reference "
+                        "statistics of --energy reference/mahalanobis and --stop-tolerance "
+                        "(0: all; default 1000)")
+    p.add_argument("--reference-ridge", type=nonnegative_float, default=1e-3,
+                   help="relative ridge of the inverse logit covariance (default 1e-3)")
+
+
+def _sampler_options(args: argparse.Namespace, model: Any, train_ds: Any, model_sha: str | None
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """SGLD keyword arguments for --energy and the options above, and a note for the result;
+    the reference statistics are computed (or reused) only when an option needs them."""
+    from ..sampling.reference import (
+        REFERENCE_ENERGIES,
+        cached_reference_statistics,
+        first_per_class,
+        make_reference_energy,
+    )
+    from ..sampling.study import default_stats_dir
+
+    options: dict[str, Any] = {"energy": args.energy, "integrator": args.integrator,
+                               "step_clip": args.step_clip, "clip_norm": args.clip_norm,
+                               "stop_tolerance": args.stop_tolerance}
+    if args.energy not in REFERENCE_ENERGIES and args.stop_tolerance is None:
+        return options, {}
+    if args.reference_n < 0:
+        raise UserError(f"--reference-n must be >= 0; got {args.reference_n}")
+    idx = first_per_class(train_ds.labels, args.reference_n)
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in train_ds.name)
+    key = model_sha[:10] if model_sha else "model"  # the file also records the model's hash
+    folder = args.stats_dir or default_stats_dir()
+    path = os.path.join(folder, f"{safe}-train-reference-n{args.reference_n}-{key}.safetensors")
+    stats, status = cached_reference_statistics(
+        path, model, train_ds.images[idx], train_ds.labels[idx], ridge=args.reference_ridge,
+        batch_size=args.batch_size)
+    if args.energy in REFERENCE_ENERGIES:
+        options["energy"] = make_reference_energy(args.energy, stats)
+    options["stop_reference"] = stats
+    return options, {"reference_stats_path": path, "reference_stats": status}
 
 
 def _check_memory(n: int, shape: tuple[int, ...]) -> None:

@@ -18,6 +18,13 @@ from .init import (
     data_fingerprint,
     make_init,
 )
+from .reference import (
+    MahalanobisEnergy,
+    ReferenceEnergy,
+    ReferenceStatistics,
+    make_reference_energy,
+    reference_statistics,
+)
 from .sgld import (
     ENERGIES,
     SGLD,
@@ -39,7 +46,10 @@ __all__ = [
     "EnergyFn",
     "Generation",
     "Init",
+    "MahalanobisEnergy",
     "NoiseInjectionInit",
+    "ReferenceEnergy",
+    "ReferenceStatistics",
     "SampleResult",
     "UniformInit",
     "as_unit_float",
@@ -47,6 +57,8 @@ __all__ = [
     "frozen_eval",
     "generate",
     "make_init",
+    "make_reference_energy",
+    "reference_statistics",
     "resolve_energy",
     "sample_classes",
     "save_grid",
