@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import torch
 from torch import Tensor
 
-from ..attacks.streams import SampleStreams
+from ..attacks.streams import SampleStreams, integer_keys
 from ..errors import CorruptDataError, UserError
 from ..io import atomic_write
 from ..registry import Registry
@@ -87,9 +87,10 @@ class ChainStreams(SampleStreams):
 
     @classmethod
     def for_chains(cls, ids: Tensor, seed: int | None) -> ChainStreams:
-        streams = cls.for_ids(ids, seed)
-        streams.ids = ids.detach().cpu().long()
-        return streams
+        """Streams keyed by (seed, ids_i) exactly as :meth:`SampleStreams.for_ids`."""
+        key, key2 = integer_keys(ids, seed)
+        return cls(key, key2, torch.zeros_like(key, dtype=torch.int64),
+                   ids.detach().cpu().long())
 
 
 class Init(Protocol):
