@@ -96,8 +96,73 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--real-n", type=int, default=10000,
                    help="real TRAIN images for the metrics, seeded random subset (0: all)")
     p.add_argument("--grid-cols", type=positive_int, default=10, help="images per grid row")
+    _add_init_args(p)
     add_fast_args(p)
     p.set_defaults(func=run)
+
+
+# -- the inits' options (the published starts: docs/fidelity.md) ---------------------------------
+def _probability(text: str) -> float:
+    value = nonnegative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1]; got {text}")
+    return value
+
+
+def _add_init_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the inits beyond the main ones; unset ones keep the inits' defaults."""
+    from ..sampling.study import init_aliases
+
+    g = p.add_argument_group("initialisation options (published variants: docs/fidelity.md)")
+    g.add_argument("--uniform-low", type=float, help="uniform init: lower end (default 0)")
+    g.add_argument("--uniform-high", type=float, help="uniform init: upper end (default 1)")
+    g.add_argument("--normal-mean", type=float, help="normal init: mean (default 0)")
+    g.add_argument("--normal-std", type=nonnegative_float, help="normal init: std (default 1)")
+    g.add_argument("--normal-clip", action="store_true", default=None,
+                   help="normal init: clip to [0, 1] (the published one does not)")
+    g.add_argument("--gaussian-jitter", type=nonnegative_float,
+                   help="gaussian init: variance added to the covariance (published center: 1e-4)")
+    g.add_argument("--gaussian-ddof", type=int, choices=(0, 1),
+                   help="gaussian init: covariance over n - ddof (default 1; published 0)")
+    g.add_argument("--gaussian-no-clip", action="store_true", default=None,
+                   help="gaussian init: do not clip to [0, 1] (published center)")
+    g.add_argument("--pca-components", type=positive_int,
+                   help="PCA init: a fixed number of components instead of --pca-variance")
+    g.add_argument("--pca-least", action="store_true", default=None,
+                   help="PCA init: the published least-dominant set, components [-11:-1] of "
+                        "the top --pca-components")
+    g.add_argument("--pca-blur", type=nonnegative_float,
+                   help="PCA init: Gaussian blur (std, pixels) of the images before the fit")
+    g.add_argument("--pca-blur-layout", choices=("spatial", "published"),
+                   help="PCA init: blur each channel over H, W (default) or as published")
+    g.add_argument("--noise-pick", choices=("random", "ordered"),
+                   help="noise init: a random image of the class (default) or chain j's j-th")
+    g.add_argument("--noise-pool", type=positive_int,
+                   help="noise init: only the first N images of the split (published: 1000)")
+    g.add_argument("--noise-split", choices=("train", "test"), default="train",
+                   help="noise init: the split its images come from (published: test)")
+    g.add_argument("--mix-p-pca", type=_probability,
+                   help="pca_gaussian init: probability of a PCA start (default 0.5)")
+    g.add_argument("--buffer", default=None,
+                   help="buffer init: samples.npz of an earlier generate run")
+    g.add_argument("--buffer-reinit", choices=[a for a in init_aliases() if a != "buffer"],
+                   help="buffer init: the init of restarted chains (default uniform)")
+    g.add_argument("--buffer-reinit-freq", type=_probability,
+                   help="buffer init: probability of a restart (default 0.05)")
+    g.add_argument("--buffer-pick", choices=("random", "chain"),
+                   help="buffer init: a random sample of the class (default) or chain j's j-th")
+
+
+def _init_data(args: argparse.Namespace, train_ds: Any) -> tuple[Any, Any]:
+    """(images, labels) the init is fitted on: the training set, or for the noise init with
+    --noise-split test the test set (checked like the training set)."""
+    from ..data import load_dataset
+
+    if args.noise_split == "test" and "noise" in (args.init, args.buffer_reinit):
+        test_ds = load_dataset(args.dataset, "test", args.data_dir)
+        return test_ds.images, test_ds.labels
+    return train_ds.images, train_ds.labels
+# -- end of the inits' options ----------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import file_sha256
     from ..loading import check_model_fits_data, recorded_metadata
     from ..sampling import SGLD, study
+    from ..sampling.init import BufferInit
 
     if args.steps < 0:
         raise UserError(f"--steps must be >= 0; got {args.steps}")
@@ -134,11 +200,15 @@ def run(args: argparse.Namespace) -> int:
     sampler = SGLD(step_size=args.step_size, momentum=args.momentum, noise_std=args.noise_std,
                    steps=args.steps, noise_scaling=args.noise_scaling,
                    energy_reduction=args.energy_reduction, **options)
-    out = start_run(args, "generate", device)
+    init_images, init_labels = _init_data(args, train_ds)
     init, init_note = study.build_init(
-        args.init, train_ds.images, train_ds.labels, train_ds.name, args.stats_dir,
+        args.init, init_images, init_labels, train_ds.name, args.stats_dir,
         pca_variance=args.pca_variance, pca_sigma=args.pca_sigma, pca_rule=args.pca_rule,
-        noise_std=args.noise_init_std)
+        noise_std=args.noise_init_std, options=study.init_options(args))
+    if isinstance(init, BufferInit) and init.reinit_freq < 1 and init.missing(classes):
+        raise UserError(f"--buffer {args.buffer} has no sample of classes "
+                        f"{init.missing(classes)}; generate them first or use another init")
+    out = start_run(args, "generate", device)
     objective = (read_metadata(args.checkpoint).get("objective", "?")
                  if str(args.checkpoint).endswith(".safetensors") else "?")
     what = (f"{objective} {model.arch['name']} | init {args.init}, "

@@ -15,11 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attacks.streams import SampleStreams
 from ..data.loader import derive_seed
 from ..errors import UserError
 from ..io import atomic_write
-from .init import Init
+from .init import ChainStreams, Init
 from .sgld import SGLD
 
 __all__ = ["Generation", "generate", "sample_classes", "save_grid"]
@@ -135,7 +134,7 @@ def sample_classes(
     for start in range(first, stop, batch_size):
         part = slice(start, min(start + batch_size, stop))
         y, ids = y_all[part], ids_all[part]
-        streams = None if seed is None else SampleStreams.for_ids(ids, derive_seed(seed, 0))
+        streams = None if seed is None else ChainStreams.for_chains(ids, derive_seed(seed, 0))
         x0 = init.sample(y, streams)
         res = sampler(model, x0.to(device), y.to(device), seed=noise_seed, chain_ids=ids.to(device))
         xs.append(res.x.cpu())

@@ -27,10 +27,13 @@ from ..io import atomic_write_json, atomic_write_npz
 from .generate import save_grid
 from .init import INITS as INIT_REGISTRY
 from .init import (
+    BufferInit,
     ClassGaussianInit,
     ClassPCAInit,
     Init,
     NoiseInjectionInit,
+    NormalInit,
+    PCAOrGaussianInit,
     UniformInit,
     make_init,
 )
@@ -39,6 +42,7 @@ from .sgld import SGLD
 __all__ = [
     "CLASS_NAMES",
     "init_aliases",
+    "init_options",
     "build_init",
     "check_training_data",
     "default_stats_dir",
@@ -50,7 +54,7 @@ __all__ = [
     "write_generation",
 ]
 
-_BUILT_IN = ("pca", "gaussian", "uniform", "noise")
+_BUILT_IN = ("pca", "gaussian", "uniform", "noise", "normal", "pca_gaussian", "buffer")
 
 
 def init_aliases() -> tuple[str, ...]:
@@ -93,7 +97,7 @@ def check_training_data(
             f"checkpoint expects {channels}-channel images but {dataset} has "
             f"{train_ds.shape[0]}; generate with the dataset it was trained on")
     missing = sorted(set(classes) - set(torch.unique(train_ds.labels).tolist()))
-    if missing and init in ("pca", "gaussian", "noise"):
+    if missing and init in ("pca", "gaussian", "noise", "pca_gaussian"):
         raise UserError(f"classes {missing} have no training images for the {init} init")
 
 
@@ -139,6 +143,7 @@ def build_init(
     pca_sigma: float = 0.005,
     pca_rule: str = "reach",
     noise_std: float = 0.5,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Init, dict[str, Any]]:
     """The initialiser ``kind`` (one of :func:`init_aliases`) fitted on the training images, and a note.
 
@@ -146,23 +151,57 @@ def build_init(
     under a name holding the dataset and a hash of the settings; a cached file fitted on other
     data is refitted. The note says ``stats_path``, ``stats_reused`` and
     ``stats_refitted_mismatch`` (and, for pca, the components kept per class). ``pca_rule`` is
-    :class:`ClassPCAInit`'s ``component_rule`` ('below': the published count).
+    :class:`ClassPCAInit`'s ``component_rule`` ('below': the published count). ``options``:
+    the other settings of the inits (the published variants, docs/fidelity.md), keys as
+    :func:`init_options` names them.
     """
+    opt = dict(options or {})
+    c, h, w = (int(s) for s in images.shape[1:])
     if kind == "uniform":
-        c, h, w = (int(s) for s in images.shape[1:])
-        return UniformInit((c, h, w)), {}
+        return UniformInit((c, h, w), opt.get("uniform_low", 0.0), opt.get("uniform_high", 1.0)), {}
+    if kind == "normal":
+        return NormalInit((c, h, w), opt.get("normal_mean", 0.0), opt.get("normal_std", 1.0),
+                          bool(opt.get("normal_clip", False))), {}
     if kind == "noise":
-        return NoiseInjectionInit(noise_std).fit(images, labels), {}
-    if kind == "pca":
-        if not 0 < pca_variance <= 1:
-            raise UserError(f"--pca-variance must be in (0, 1] (a share); got {pca_variance}")
-        cls: type[ClassPCAInit | ClassGaussianInit] = ClassPCAInit
-        kwargs: dict[str, Any] = {"variance": pca_variance, "sigma": pca_sigma,
-                                  "component_rule": pca_rule}
-    elif kind == "gaussian":
-        cls, kwargs = ClassGaussianInit, {}
-    else:
+        return NoiseInjectionInit(noise_std, opt.get("noise_pick", "random"),
+                                  opt.get("noise_pool")).fit(images, labels), {}
+    if kind == "buffer":
+        return _buffer_init(images, labels, dataset_name, stats_dir, opt,
+                            pca_variance=pca_variance, pca_sigma=pca_sigma, pca_rule=pca_rule,
+                            noise_std=noise_std)
+    if kind not in ("pca", "gaussian", "pca_gaussian"):
         return _registered_init(kind, images, labels), {}
+    if not 0 < pca_variance <= 1:
+        raise UserError(f"--pca-variance must be in (0, 1] (a share); got {pca_variance}")
+    pca_kwargs: dict[str, Any] = {
+        "variance": pca_variance, "sigma": pca_sigma, "component_rule": pca_rule,
+        "n_components": opt.get("pca_components"),
+        "more_variance": not opt.get("pca_least", False),
+        "blur": opt.get("pca_blur", 0.0), "blur_layout": opt.get("pca_blur_layout", "spatial")}
+    gauss_kwargs: dict[str, Any] = {
+        "jitter": opt.get("gaussian_jitter", 0.0), "ddof": opt.get("gaussian_ddof", 1),
+        "clip": not opt.get("gaussian_no_clip", False)}
+    if kind == "pca":
+        return _cached(ClassPCAInit, pca_kwargs, images, labels, dataset_name, stats_dir)
+    if kind == "gaussian":
+        return _cached(ClassGaussianInit, gauss_kwargs, images, labels, dataset_name, stats_dir)
+    pca, pca_note = _cached(ClassPCAInit, pca_kwargs, images, labels, dataset_name, stats_dir)
+    gauss, gauss_note = _cached(ClassGaussianInit, gauss_kwargs, images, labels, dataset_name,
+                                stats_dir)
+    assert isinstance(pca, ClassPCAInit) and isinstance(gauss, ClassGaussianInit)
+    mix = PCAOrGaussianInit(pca, gauss, p_pca=opt.get("mix_p_pca", 0.5))
+    return mix, {"pca": pca_note, "gaussian": gauss_note}
+
+
+def _cached(
+    cls: type[ClassPCAInit | ClassGaussianInit],
+    kwargs: dict[str, Any],
+    images: Tensor,
+    labels: Tensor,
+    dataset_name: str,
+    stats_dir: str | os.PathLike[str] | None,
+) -> tuple[Init, dict[str, Any]]:
+    """``cls(**kwargs)`` fitted on the images, its statistics cached (see :func:`build_init`)."""
     key = hashlib.sha256(json.dumps(cls(**kwargs).config(), sort_keys=True).encode()).hexdigest()
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset_name)
     folder = Path(stats_dir) if stats_dir else default_stats_dir()
@@ -173,6 +212,44 @@ def build_init(
     if isinstance(init, ClassPCAInit):
         note["pca_components"] = {int(c): len(v) for c, v in init.eigenvalues.items()}
     return init, note
+
+
+def _buffer_init(
+    images: Tensor,
+    labels: Tensor,
+    dataset_name: str,
+    stats_dir: str | os.PathLike[str] | None,
+    opt: dict[str, Any],
+    **init_args: Any,
+) -> tuple[Init, dict[str, Any]]:
+    """The replay-buffer init of ``opt['buffer']`` (a samples.npz), checked against the image
+    shape, restarting from the init ``opt['buffer_reinit']`` (default uniform)."""
+    if not opt.get("buffer"):
+        raise UserError("--init buffer needs --buffer FILE (the samples.npz of an earlier "
+                        "robust-ebm generate run)")
+    reinit_kind = opt.get("buffer_reinit", "uniform")
+    if reinit_kind == "buffer":
+        raise UserError("--buffer-reinit cannot be buffer itself; choose another init")
+    buffer = BufferInit.from_file(opt["buffer"], reinit_freq=opt.get("buffer_reinit_freq", 0.05),
+                                  pick=opt.get("buffer_pick", "random"))
+    if tuple(buffer.x.shape[1:]) != tuple(images.shape[1:]):
+        raise UserError(f"buffer {opt['buffer']} holds images of shape "
+                        f"{tuple(buffer.x.shape[1:])}, the data {tuple(images.shape[1:])}; "
+                        "use a buffer generated on the same dataset")
+    reinit, note = build_init(reinit_kind, images, labels, dataset_name, stats_dir,
+                              options=opt, **init_args)
+    buffer.reinit = reinit
+    return buffer, {"buffer_reinit": note} if note else {}
+
+
+def init_options(args: Any) -> dict[str, Any]:
+    """The ``options`` of :func:`build_init` from parsed ``generate`` flags (absent flags are
+    left out, so the inits' own defaults apply)."""
+    names = ("uniform_low", "uniform_high", "normal_mean", "normal_std", "normal_clip",
+             "gaussian_jitter", "gaussian_ddof", "gaussian_no_clip", "pca_components",
+             "pca_least", "pca_blur", "pca_blur_layout", "noise_pick", "noise_pool",
+             "mix_p_pca", "buffer", "buffer_reinit", "buffer_reinit_freq", "buffer_pick")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def _registered_init(kind: str, images: Tensor, labels: Tensor) -> Init:
