@@ -165,6 +165,23 @@ def _init_data(args: argparse.Namespace, train_ds: Any) -> tuple[Any, Any]:
 # -- end of the inits' options ----------------------------------------------------------------------
 
 
+def _build_init(args: argparse.Namespace, train_ds: Any, classes: list[int]) -> tuple[Any, dict]:
+    """The initialiser named by --init with its options, fitted on --init's data (or the
+    cached statistics), and a note for the result; a --buffer lacking a class is refused."""
+    from ..sampling import study
+    from ..sampling.init import BufferInit
+
+    init_images, init_labels = _init_data(args, train_ds)
+    init, init_note = study.build_init(
+        args.init, init_images, init_labels, train_ds.name, args.stats_dir,
+        pca_variance=args.pca_variance, pca_sigma=args.pca_sigma, pca_rule=args.pca_rule,
+        noise_std=args.noise_init_std, options=study.init_options(args))
+    if isinstance(init, BufferInit) and init.reinit_freq < 1 and init.missing(classes):
+        raise UserError(f"--buffer {args.buffer} has no sample of classes "
+                        f"{init.missing(classes)}; generate them first or use another init")
+    return init, init_note
+
+
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import read_metadata
     from ..data import load_dataset
@@ -172,7 +189,6 @@ def run(args: argparse.Namespace) -> int:
     from ..io import file_sha256
     from ..loading import check_model_fits_data, recorded_metadata
     from ..sampling import SGLD, study
-    from ..sampling.init import BufferInit
 
     if args.steps < 0:
         raise UserError(f"--steps must be >= 0; got {args.steps}")
@@ -200,14 +216,7 @@ def run(args: argparse.Namespace) -> int:
     sampler = SGLD(step_size=args.step_size, momentum=args.momentum, noise_std=args.noise_std,
                    steps=args.steps, noise_scaling=args.noise_scaling,
                    energy_reduction=args.energy_reduction, **options)
-    init_images, init_labels = _init_data(args, train_ds)
-    init, init_note = study.build_init(
-        args.init, init_images, init_labels, train_ds.name, args.stats_dir,
-        pca_variance=args.pca_variance, pca_sigma=args.pca_sigma, pca_rule=args.pca_rule,
-        noise_std=args.noise_init_std, options=study.init_options(args))
-    if isinstance(init, BufferInit) and init.reinit_freq < 1 and init.missing(classes):
-        raise UserError(f"--buffer {args.buffer} has no sample of classes "
-                        f"{init.missing(classes)}; generate them first or use another init")
+    init, init_note = _build_init(args, train_ds, classes)
     out = start_run(args, "generate", device)
     objective = (read_metadata(args.checkpoint).get("objective", "?")
                  if str(args.checkpoint).endswith(".safetensors") else "?")
