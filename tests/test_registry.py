@@ -48,7 +48,8 @@ def test_every_named_thing_is_a_registry():
     assert LOSSES.names(needs_natural_logits=True) == ["trades_kl"]
     assert SGLD_ENERGIES.names(needs_labels=False) == ["free"]
     assert all(INITS[n].name == n for n in INITS)
-    assert sorted(INITS.meta(n)["alias"] for n in INITS) == ["gaussian", "noise", "pca", "uniform"]
+    assert sorted(INITS.meta(n)["alias"] for n in INITS) == [
+        "buffer", "gaussian", "noise", "normal", "pca", "pca_gaussian", "uniform"]
     assert {CATALOG[n].format for n in CATALOG} <= set(FORMATS)
 
 
