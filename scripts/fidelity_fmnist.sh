@@ -3,6 +3,8 @@
 # option (docs/fidelity.md), same data, seed and budget. Base settings: configs/fmnist/base.toml.
 # Usage: scripts/fidelity_fmnist.sh SEED EPOCHS SUBSET [OUT_ROOT]
 # Then: python scripts/fidelity_report.py OUT_ROOT
+# Environment: OBJECTIVES (default: pgd_at trades mart weat_adv weat_nat) and VARIANTS (default:
+# ours published; also: raw = ours with [model] normalize = false, the published raw [0,1] input).
 set -euo pipefail
 seed=${1:?seed}
 epochs=${2:?epochs}
@@ -21,11 +23,18 @@ published_opts() {
   esac
   printf -- '--set %s ' "${opts[@]}"
 }
-for obj in pgd_at trades mart weat_adv weat_nat; do
-  for variant in ours published; do
+read -r -a objectives <<< "${OBJECTIVES:-pgd_at trades mart weat_adv weat_nat}"
+read -r -a variants <<< "${VARIANTS:-ours published}"
+for obj in "${objectives[@]}"; do
+  for variant in "${variants[@]}"; do
     out="$root/$obj-$variant-s$seed"
     extra=()
-    if [ "$variant" = published ]; then read -r -a extra <<< "$(published_opts "$obj")"; fi
+    case $variant in
+      ours) ;;
+      published) read -r -a extra <<< "$(published_opts "$obj")" ;;
+      raw) extra=(--set model.normalize=false) ;;
+      *) echo "unknown variant $variant (ours, published, raw)" >&2; exit 2 ;;
+    esac
     "$py" -m robust_ebm train --config configs/fmnist/base.toml --objective "$obj" \
         --eps 0.1 --step-size 0.05 --steps 5 --seed "$seed" --epochs "$epochs" \
         --set data.train_subset="$subset" --out "$out" "${extra[@]}" > "$out.log" 2>&1 \

@@ -24,7 +24,8 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 def test_catalog_is_complete():
     assert list_datasets() == [
-        "cifar10", "cifar100", "digits", "fashion_mnist", "mnist", "svhn", "tiny_imagenet",
+        "cifar10", "cifar100", "digits", "fashion_mnist", "imagenette", "mnist", "svhn",
+        "tiny_imagenet",
     ]
     for info in catalog.CATALOG.values():
         assert len(info.mean) == len(info.std) == info.shape[0]

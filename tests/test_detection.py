@@ -284,15 +284,40 @@ def test_cli_detect_published_protocol_flags(checkpoint, tmp_path, capsys):
     for positives in ("all", "successful"):
         code = _main(["detect", "evaluate", "--checkpoint", checkpoint, "--dataset", "digits",
                       "--detector", cal / "detector.json", "--n", 40, "--attacks", "pgd",
-                      "--eps", 0.05, "--steps", 5, "--he-gammas", "none", "--no-adaptive",
+                      "--eps", 0.05, "--steps", 5, "--he-gammas", "0", "--no-adaptive",
                       "--positives", positives, "--out", tmp_path / positives, "--json"])
         stdout, err = capsys.readouterr()
         assert code == 0, err
         res = json.loads(stdout)
         n_adv[positives] = res["attacks"]["pgd"]["n_adv"]
         wrong = 1 - res["attacks"]["pgd"]["accuracy_adv"]
-    assert n_adv["all"] == 40
+        # the gamma study counts the same positives as the attack rows
+        (study,) = res["he_study"]
+        he_row = res["attacks"]["he_pgd[gamma=0]"]
+        assert study["n_adv"] == he_row["n_adv"] and study["tpr"] == he_row["tpr"], positives
+        n_adv[positives + " he"] = study["n_adv"]
+    assert n_adv["all"] == n_adv["all he"] == 40
     assert n_adv["successful"] == round(wrong * 40) < 40
+    assert n_adv["successful he"] < 40
+    md = (tmp_path / "all" / "detection.md").read_text()
+    assert "Positives are every x*" in md and "successful x* only" not in md
+
+
+def test_he_gamma_study_follows_positives():
+    """The HE-PGD study's TPR uses the positives asked for, as evaluate_detector: over the x*
+    that fool the model, or over every x* (the published definition)."""
+    from robust_ebm.analysis.energy_analysis import EnergyAnalysis
+
+    y = torch.zeros(4, dtype=torch.long)
+    clean = torch.tensor([[5.0, 0.0]] * 4)
+    # x* 0 and 1 fool the model with low energy (flagged), 2 and 3 do not and are unflagged
+    adv = torch.tensor([[0.0, 9.0], [0.0, 8.0], [1.0, 0.0], [1.0, 0.5]])
+    analysis = EnergyAnalysis(y, clean, {"he_pgd[gamma=1]": adv})
+    det = EnergyDetector(temperature=1.0, threshold=-6.0, direction="below")
+    for only_successful, tpr, n in ((True, 1.0, 2), (False, 0.5, 4)):
+        (row,) = he_gamma_study(analysis, det, (1.0,), only_successful=only_successful)
+        ref = evaluate_detector(det, analysis, only_successful)["he_pgd[gamma=1]"]
+        assert (row["tpr"], row["n_adv"]) == (ref["tpr"], ref["n_adv"]) == (tpr, n)
 
 
 def test_cli_energy_step_size_reaches_the_pgd_family(checkpoint, tmp_path, capsys):

@@ -9,6 +9,7 @@
 from .catalog import CATALOG, DatasetInfo, RemoteFile, get_info, list_datasets
 from .dataset import ImageDataset, split_train_val
 from .download import download_dataset
+from .imagenette import read_imagenette
 from .loader import Augment, TensorLoader
 from .locate import cache_dir, dataset_status, load_dataset, verify_dataset
 from .readers import (
@@ -38,6 +39,7 @@ __all__ = [
     "read_digits",
     "read_idx",
     "read_idx_split",
+    "read_imagenette",
     "read_npz",
     "read_svhn",
     "read_tiny_imagenet",

@@ -44,7 +44,7 @@ class DatasetInfo:
         name: Catalog name (``fashion_mnist``).
         format: A registered format (:data:`robust_ebm.data.readers.FORMATS`): ``idx``,
             ``cifar10``, ``cifar100``, ``svhn``, ``tiny_imagenet`` (the ``image``/``label``
-            ``.npz`` repack) or ``digits``.
+            ``.npz`` repack), ``imagenette`` (fast.ai's ``.tgz`` of JPEGs) or ``digits``.
         num_classes: Number of classes K; labels are in [0, K).
         shape: (C, H, W) of one image.
         mean: Per-channel mean in [0, 1] units (training split).
@@ -90,6 +90,11 @@ _KRIZ_URL = "https://www.cs.toronto.edu/~kriz/"
 _SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
 # the Tiny-ImageNet-200 repack read by the ECCV 2024 code (arXiv 2407.06315, load_tiny_imagenet.py)
 _TINY_URL = "https://huggingface.co/wzekai99/DM-Improves-AT/resolve/main/others/dataset/tiny-imagenet-200/"
+# fast.ai's Imagenette, the 160 px archive the Beadini & Masi notebooks read (arXiv 2304.04033).
+# MD5 of the whole file as torchvision's Imagenette dataset records it (pytorch/vision,
+# torchvision/datasets/imagenette.py); fastai's own checks.txt lists 99003388 bytes and the MD5 of
+# the first MiB only (c475f8f7617a200ba35b9facc48443c3), not comparable with a whole-file MD5.
+_IMAGENETTE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/"
 
 _DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
@@ -221,6 +226,22 @@ _DATASETS: dict[str, DatasetInfo] = {
         splits={"train": ("train.npz",), "test": ("val.npz",)},
         sizes={"train": 100000, "test": 10000},
         homepage="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+    ),
+    "imagenette": DatasetInfo(
+        name="imagenette",
+        format="imagenette",
+        num_classes=10,
+        shape=(3, 150, 150),  # the notebooks' CenterCrop(150) (robust_ebm.data.imagenette)
+        # ImageNet's constants (the notebooks do not normalize; not measured on Imagenette)
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        files=(
+            RemoteFile("imagenette2-160.tgz", _IMAGENETTE_URL + "imagenette2-160.tgz",
+                       "e793b78cc4c9e9a4ccc0c1155377a412"),
+        ),
+        splits={"train": ("imagenette2-160.tgz",), "test": ("imagenette2-160.tgz",)},
+        sizes={"train": 9469, "test": 3925},
+        homepage="https://github.com/fastai/imagenette",
     ),
     "digits": DatasetInfo(
         name="digits",

@@ -11,6 +11,8 @@ Each reader returns ``(images, labels)``: a uint8 tensor (N, C, H, W) and an int
 * Generic ``.npz`` with uint8 images (see :func:`read_npz` for the accepted layouts).
 * Tiny-ImageNet-200 as the ``.npz`` repack the ECCV 2024 code reads (``image`` (N, 64, 64, 3)
   uint8, ``label`` (N,)); the validation set serves as the test split, as there.
+* Imagenette from fast.ai's ``.tgz`` of JPEGs or its extracted folders, decoded with Pillow to
+  (N, 3, 150, 150) and cached: :mod:`robust_ebm.data.imagenette`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch import Tensor
 
 from ..errors import CorruptDataError, UserError
 from ..registry import Registry
+from .imagenette import find_imagenette, read_imagenette_cached
 
 __all__ = [
     "FORMATS",
@@ -457,6 +460,12 @@ FORMATS.add(
 FORMATS.add(
     "tiny_imagenet",
     Format(_find_files, lambda paths, fmt, split: read_tiny_imagenet(paths[0])),
+    on_disk=True,
+)
+FORMATS.add(
+    "imagenette",
+    Format(lambda files, fmt, split, d: find_imagenette(files[0], split, d),
+           lambda paths, fmt, split: read_imagenette_cached(paths[0], split)),
     on_disk=True,
 )
 FORMATS.add(

@@ -257,11 +257,15 @@ def adaptive_attacks(
 
 def he_gamma_study(
     analysis: EnergyAnalysis, detector: EnergyDetector | None, gammas: Sequence[float],
-    prefix: str = "he_pgd[gamma=",
+    prefix: str = "he_pgd[gamma=", only_successful: bool = True,
 ) -> list[dict[str, Any]]:
     """Rows of the HE-PGD study from an analysis holding attacks named ``f"{prefix}{g:g}]"``:
-    robust accuracy, E(x*) - E(x) (mean, std; T = 1), and the detector's TPR at its tau
-    (on successful x*) with its FPR on the clean points."""
+    robust accuracy, E(x*) - E(x) (mean, std; T = 1), and the detector's TPR at its tau with
+    its FPR on the clean points.
+
+    The TPR counts the same positives as :func:`evaluate_detector` with the same
+    ``only_successful``: the x* that fool the model (default), or every x* (False, the
+    published notebooks' definition); ``n_adv`` says how many."""
     rows = []
     for g in gammas:
         name = f"{prefix}{g:g}]"
@@ -278,9 +282,9 @@ def he_gamma_study(
             "E_rel": summarize(rel),
         }
         if detector is not None:
-            d = detection_row(detector, analysis.clean, logits, analysis.y)
+            d = detection_row(detector, analysis.clean, logits, analysis.y, only_successful)
             row.update({"tpr": d["tpr"], "fpr": d["fpr"], "auroc": d["auroc"],
-                        "flag_rate_all_adv": d["flag_rate_all_adv"]})
+                        "n_adv": d["n_adv"], "flag_rate_all_adv": d["flag_rate_all_adv"]})
         rows.append(row)
     return rows
 

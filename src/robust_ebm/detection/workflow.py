@@ -226,13 +226,14 @@ def write_evaluation(
     if analysis is None:  # a torchrun rank other than 0: its shard went to rank 0
         return None
     rows = evaluate_detector(detector, analysis, only_successful)
-    study = he_gamma_study(analysis, detector, gammas) if gammas else []
+    study = (he_gamma_study(analysis, detector, gammas, only_successful=only_successful)
+             if gammas else [])
     energy = _energy_columns(analysis)
     curves = {k: (r["roc"]["fpr"], r["roc"]["tpr"], r["auroc"])
               for k, r in rows.items() if r["roc"] and not k.startswith("he_pgd[")}
     plot_roc(curves, out / "roc.png", title=f"energy detector T={detector.temperature:g} "
              f"({detector.direction}), eps {eps:g}")
-    md = detection_section(detector.to_json(), rows)
+    md = detection_section(detector.to_json(), rows, only_successful)
     if study:
         md += "\n" + _write_he_study(study, out, eps, attack_hp["steps"])
     for note in notes:

@@ -51,8 +51,10 @@ def sweep_section(sweep: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def detection_section(detector: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]]) -> str:
-    """Detector settings and per-attack AUROC / TPR / FPR at tau / TPR at 5% FPR."""
+def detection_section(detector: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]],
+                      only_successful: bool = True) -> str:
+    """Detector settings and per-attack AUROC / TPR / FPR at tau / TPR at 5% FPR; the TPR's
+    positives are the successful x* (or every x* with ``only_successful=False``)."""
     cal = detector.get("info", {}).get("calibration", {})
     sign = "<=" if detector["direction"] == "below" else ">="
     lines = [
@@ -60,7 +62,8 @@ def detection_section(detector: Mapping[str, Any], rows: Mapping[str, Mapping[st
         (f"flag when E_T(x) {sign} tau, T = {detector['temperature']:g}, tau = "
          f"{detector['threshold']:.4f} (direction '{detector['direction']}'); calibration AUROC "
          f"{_f(cal.get('auroc'))}, TPR {_f(cal.get('tpr'))}, FPR {_f(cal.get('fpr'))}. "
-         "Positives are successful x* only."), "",
+         + ("Positives are successful x* only." if only_successful
+            else "Positives are every x*, successful or not.")), "",
         "| attack | acc(x*) | n adv | AUROC | TPR at tau | FPR at tau | TPR at 5% FPR |",
         "|---|---|---|---|---|---|---|",
     ]
