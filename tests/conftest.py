@@ -250,3 +250,12 @@ def digits_test():
         return te.images[:n].float() / 255, te.labels[:n]
 
     return first
+
+
+def run_main(capsys, *argv):
+    """``robust-ebm ARGV`` in this process (arguments str()'d): (exit code, stdout, stderr)."""
+    from robust_ebm.cli.main import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err

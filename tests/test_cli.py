@@ -3,14 +3,9 @@
 import json
 
 import pytest
+from conftest import run_main
 
-from robust_ebm.cli import main
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_main  # (exit code, stdout, stderr) of robust-ebm ARGV
 
 
 def test_train_then_evaluate(tmp_path, tiny_npz, capsys):

@@ -8,14 +8,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_main
 
 main_mod = importlib.import_module("robust_ebm.cli.main")
 
 
-def _run(capsys, *argv):
-    code = main_mod.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_main  # (exit code, stdout, stderr) of robust-ebm ARGV
 
 
 @pytest.fixture(scope="module")

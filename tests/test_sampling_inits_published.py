@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiny_npz
+from conftest import run_main, write_tiny_npz
 from scipy.ndimage import gaussian_filter
 from sklearn.decomposition import PCA
 
@@ -320,10 +320,7 @@ def test_x0_of_a_chain_is_independent_of_its_batch(tmp_path, name) -> None:
 
 
 # -- CLI ----------------------------------------------------------------------------------------------
-def _run(capsys, *argv):
-    code = main_mod.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_main  # (exit code, stdout, stderr) of robust-ebm ARGV
 
 
 @pytest.fixture(scope="module")

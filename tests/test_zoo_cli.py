@@ -14,8 +14,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_main
 
-from robust_ebm.cli import main
 from robust_ebm.models import create_model, zoo_entry
 
 
@@ -40,10 +40,7 @@ def zoo_files(tmp_path_factory):
     return folder
 
 
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_main  # (exit code, stdout, stderr) of robust-ebm ARGV
 
 
 def _zoo(files, name="Carmon2019Unlabeled"):

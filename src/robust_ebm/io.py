@@ -100,3 +100,29 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_tagged_safetensors(path: str | os.PathLike[str], fmt: str,
+                            what: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file whose metadata ``format`` is ``fmt``.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (callers treat it as "not cached yet").
+        CorruptDataError: an unreadable file, or one of another format (``what`` names the
+            kind expected, e.g. "class statistics").
+    """
+    from safetensors import safe_open
+
+    from .errors import CorruptDataError
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types
+        raise CorruptDataError(f"cannot read {what} from {path}: {exc}") from exc
+    if meta.get("format") != fmt:
+        raise CorruptDataError(f"{path} is not a {what} file (format {meta.get('format')!r})")
+    return tensors, meta

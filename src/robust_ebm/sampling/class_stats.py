@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CorruptDataError, UserError
-from ..io import atomic_write
+from ..io import atomic_write, read_tagged_safetensors
 from .init_base import (
     INITS,
     CacheStatus,
@@ -170,20 +170,7 @@ class ClassStatistics:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ClassStatistics:
         """Read statistics written by :meth:`save` (of this class)."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types
-            raise CorruptDataError(f"cannot read class statistics from {path}: {exc}") from exc
-        if meta.get("format") != _FORMAT:
-            raise CorruptDataError(
-                f"{path} is not a class-statistics file (format {meta.get('format')!r})"
-            )
+        tensors, meta = read_tagged_safetensors(path, _FORMAT, "class statistics")
         try:
             config = json.loads(meta["config"])
             if config.get("init") != cls.name:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..energy import joint_energy
 from ..errors import CorruptDataError, UserError
 from ..evaluation.batched import map_batches
-from ..io import atomic_write
+from ..io import atomic_write, read_tagged_safetensors
 from .init import data_fingerprint
 
 __all__ = [
@@ -120,19 +120,7 @@ class ReferenceStatistics:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReferenceStatistics:
         """Read a file written by :meth:`save`."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-                t = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types
-            raise CorruptDataError(f"cannot read reference statistics from {path}: {exc}") from exc
-        if meta.get("format") != _FORMAT:
-            raise CorruptDataError(f"{path} is not a reference-statistics file "
-                                   f"(format {meta.get('format')!r})")
+        t, meta = read_tagged_safetensors(path, _FORMAT, "reference statistics")
         try:
             return cls(energy_mean=t["energy_mean"], logit_mean=t["logit_mean"],
                        logit_precision=t["logit_precision"], counts=t["counts"],
