@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -221,7 +222,7 @@ def test_training_one_epoch_with_the_l2_inner_attack(tmp_path, tiny_npz, capsys)
     assert cfg["objective"]["norm"] == "l2" and cfg["train"]["eval_norm"] == "l2"
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert record["eval_attack"] == {"name": "pgd", "eps": 1.0, "steps": 10, "norm": "l2"}
-    assert record["train_loss"]["loss"] == record["train_loss"]["loss"]  # finite, not NaN
+    assert math.isfinite(record["train_loss"]["loss"])
 
 
 def test_bad_eval_norm_is_refused_before_anything_is_written(tmp_path, tiny_npz, capsys):
@@ -233,3 +234,40 @@ def test_bad_eval_norm_is_refused_before_anything_is_written(tmp_path, tiny_npz,
     _, err = capsys.readouterr()
     assert code == 2 and "eval_norm" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_l2_objective_refuses_the_linf_default_budget(tmp_path, tiny_npz, capsys):
+    """norm = 'l2' with eps or step_size left at the L-inf defaults (8/255, 2/255: a negligible
+    L2 budget) is refused with one line, before anything is written."""
+    from robust_ebm.cli import main
+
+    with pytest.raises(UserError, match="L2 pixel units"):
+        make_objective("trades", norm="l2")
+    with pytest.raises(UserError, match="L2 pixel units"):
+        make_objective("trades", norm="l2", eps=1.0)  # step_size still 2/255
+    make_objective("trades", norm="l2", eps=1.0, step_size=0.2)  # both given: fine
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", str(tiny_npz), "--epochs", "1", "--objective", "trades",
+                 "--set", "objective.norm=l2", "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 2 and "L2 pixel units" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_linf_runs_keep_eval_norm_unset_so_older_states_resume(tmp_path, tiny_npz, capsys):
+    """A linf run stores no eval_norm (as runs saved before the option existed), so their
+    configurations compare equal on --resume; an l2 run stores its norm."""
+    from robust_ebm.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", str(tiny_npz), "--epochs", "1", "--batch-size", "32",
+                 "--val-size", "0", "--objective", "trades", "--steps", "1", "--out", str(out),
+                 "--set", "train.eval_n=8", "--set", "train.energy_n=8"])
+    assert code == 0, capsys.readouterr().err
+    cfg = json.loads((out / "run.json").read_text())
+    cfg = cfg.get("config", cfg)
+    assert cfg["train"].get("eval_norm") is None
+    code = main(["train", "--dataset", str(tiny_npz), "--epochs", "1", "--batch-size", "32",
+                 "--val-size", "0", "--objective", "trades", "--steps", "1", "--out", str(out),
+                 "--set", "train.eval_n=8", "--set", "train.energy_n=8", "--resume"])
+    assert code == 0, capsys.readouterr().err

@@ -71,6 +71,12 @@ class _Adversarial:
         if self.l2_procedure not in L2_PROCEDURES:
             raise UserError(f"l2_procedure must be one of {', '.join(L2_PROCEDURES)}; "
                             f"got {self.l2_procedure!r}")
+        if self.norm == "l2" and (self.eps == 8 / 255 or self.step_size == 2 / 255):
+            raise UserError(
+                f"norm = 'l2' measures eps and step_size in L2 pixel units, but eps {self.eps:g} / "
+                f"step_size {self.step_size:g} include the L-inf default (8/255, 2/255); give both "
+                "in L2 units, e.g. eps = 0.5 (CIFAR-10) or 1.5 (Fashion-MNIST) and step_size = "
+                "2 * eps / steps (the published TRADES rule)")
         if self.l2_procedure != "ours" and self.norm != "l2":
             raise UserError(f"l2_procedure={self.l2_procedure!r} needs norm = 'l2'; "
                             f"got norm {self.norm!r}")

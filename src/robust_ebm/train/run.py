@@ -56,7 +56,7 @@ def run_training(
     Args:
         cfg: the resolved configuration ([data] [model] [objective] [train]); a missing
             ``train.eval_eps`` is set (in place) to the objective's budget and a missing
-            ``train.eval_norm`` to its norm, so the per-epoch PGD evaluation attacks at the
+            ``train.eval_norm`` to its norm when that is not 'linf' (None reads 'linf'), so the per-epoch PGD evaluation attacks at the
             training budget and threat model.
         out: run folder (created); ``resume`` continues from its ``state.pt``.
         log: progress lines (main process only).
@@ -71,8 +71,9 @@ def run_training(
     objective = make_objective(cfg["objective"]["name"], **obj_hp)
     if cfg["train"].get("eval_eps") is None and getattr(objective, "eps", None) is not None:
         cfg["train"]["eval_eps"] = float(objective.eps)
-    if cfg["train"].get("eval_norm") is None:
-        cfg["train"]["eval_norm"] = str(getattr(objective, "norm", "linf"))
+    norm = str(getattr(objective, "norm", "linf"))
+    if cfg["train"].get("eval_norm") is None and norm != "linf":  # None means 'linf': states
+        cfg["train"]["eval_norm"] = norm  # saved before eval_norm existed still resume
     tcfg, ecfg = train_config(cfg), eval_config(cfg)
     data = cfg["data"]
     if data["val_size"] is None or data["val_size"] < 0:
