@@ -62,6 +62,29 @@ def _noises(x, std, seed, steps):
     return [torch.empty_like(x).normal_(0.0, std, generator=g) for _ in range(steps)]
 
 
+# ---- the default step is unchanged by the options: x_{n+1} = clip01((x_n + v) + noise) ----------
+
+@pytest.mark.parametrize("mom", [0.0, 0.9])
+def test_default_step_adds_velocity_then_noise_bit_for_bit(mom):
+    """Without step_clip, SGLD adds v, then the noise (the order before the options existed),
+    so default samples are bit-identical to earlier releases; float addition is not
+    associative, so x + (v + noise) would move them by a rounding."""
+    model, (x, y) = _model(), _data()
+    step, steps, std = 0.7, 5, 0.01
+    ref, v = x.clone(), torch.zeros_like(x)
+    for rum in _noises(x, std, 3, steps):
+        v = v.mul(mom).add(_grad(model, ref, y), alpha=-step / 2)  # the velocity as SGLD forms it
+        ref = ((ref + v) + rum).clamp(0, 1)
+    out = SGLD(step_size=step, momentum=mom, noise_std=std, steps=steps)(
+        model, x, y, generator=torch.Generator().manual_seed(3)).x
+    assert torch.equal(out, ref)
+    v, other = torch.zeros_like(x), x.clone()  # the other order: the test tells them apart
+    for rum in _noises(x, std, 3, steps):
+        v = v.mul(mom).add(_grad(model, other, y), alpha=-step / 2)
+        other = (other + (v + rum)).clamp(0, 1)
+    assert not torch.equal(other, ref)
+
+
 # ---- published SGLD with its eps clamp, Linf and L2 modes (sample_q_SGLD, non-adaptive) -------
 
 def _published_sgld(model, x, y, step, mom, noises, eps, norm):

@@ -313,10 +313,9 @@ class SGLD:
                     traj[n + 1:] = traj[n]
                     return SampleResult(x=x, energy_trajectory=traj, stopped_at=stopped_at)
             v = self._velocity(model, energy_fn, x, y, grad, v, half_eta)
-            update = -v if self.integrator == "heun_published" else v.clone()
-            if draw_noise is not None:
-                update.add_(draw_noise())
-            x = self._apply(x, update, active if ref is not None else None)
+            step = -v if self.integrator == "heun_published" else v
+            noise = draw_noise() if draw_noise is not None else None
+            x = self._apply(x, step, noise, active if ref is not None else None)
         with torch.no_grad():
             e = energy_fn(model(x), y)
             traj[self.steps] = e if self.steps == 0 else torch.where(active, e, traj[self.steps - 1])
@@ -342,15 +341,22 @@ class SGLD:
         g2 = _energy_grad(model, energy_fn, x_pred, y)[2]
         return v.mul_(self.momentum).add_(grad + g2, alpha=-h / 2)
 
-    def _apply(self, x: Tensor, update: Tensor, active: Tensor | None) -> Tensor:
-        """x_{n+1} = clip01(x_n + clip(update)) (the published L2 mode renormalises the sample);
+    def _apply(self, x: Tensor, step: Tensor, noise: Tensor | None,
+               active: Tensor | None) -> Tensor:
+        """x_{n+1} = clip01((x_n + step) + noise), or with ``step_clip`` clip01(x_n +
+        clip(step + noise)) (the published order; its L2 mode then renormalises the sample);
         chains not ``active`` keep x_n."""
-        if self.step_clip is not None:
+        if self.step_clip is None:
+            new = x + step
+            if noise is not None:
+                new.add_(noise)
+        else:
+            update = step if noise is None else step + noise
             update = clip_update(update, self.step_clip,
                                  "linf" if self.clip_norm == "l2_published" else self.clip_norm)
-        new = x + update
-        if self.step_clip is not None and self.clip_norm == "l2_published":
-            new = new.renorm(p=2, dim=0, maxnorm=self.step_clip)  # the published slip
+            new = x + update
+            if self.clip_norm == "l2_published":
+                new = new.renorm(p=2, dim=0, maxnorm=self.step_clip)  # the published slip
         if self.clamp:
             new.clamp_(0.0, 1.0)
         if active is None:
