@@ -368,6 +368,11 @@ def test_generate_cli_sampler_options(tmp_path, capsys):
         == ("mahalanobis", "heun", 0.05, "l2", 0.5)
     assert s["energy_statistics"]["counts"] == [20, 20]
     assert [r["reference_stats"] for r in runs] == ["computed", "reused"]
+    # adaptive stopping reaches the outputs: each chain's stop step, and a count in the result
+    stops = np.load(tmp_path / "g1" / "samples.npz")["stopped_at"]
+    assert stops.shape == (4,) and stops.dtype == np.int64 and ((0 <= stops) & (stops <= 3)).all()
+    st_ = runs[0]["stopped"]
+    assert st_["of"] == 4 and st_["chains"] == int((stops < 3).sum())
     code = main_mod.main([*base, "--clip-norm", "l2", "--step-clip", "0", "--out",
                           str(tmp_path / "bad")])
     err = capsys.readouterr().err

@@ -237,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
         "init_config": init.config() if hasattr(init, "config") else args.init, **init_note,
         "sampler": sampler.config(), **reference_note, "energy_start": res["energy_start"],
         "energy_end": res["energy_end"], "metrics": res["metrics"],
+        **({"stopped": res["stopped"]} if "stopped" in res else {}),
         "files": {k: str(v) for k, v in res["files"].items()},
     }
     emit(result, args.json, study.summary_text(result, args.energy, args.steps))

@@ -121,10 +121,12 @@ def sharded_generation(model: nn.Module, init: Any, sampler: Any, classes: Seque
     def merge(parts: list[Generation | None]) -> Generation:
         done = [p for p in parts if p is not None]
         x0 = [p.x0 for p in done if p.x0 is not None]
+        stops = [p.stopped_at for p in done if p.stopped_at is not None]
         return dataclasses.replace(
             done[0], x=torch.cat([p.x for p in done]), y=torch.cat([p.y for p in done]),
             energy_trajectory=torch.cat([p.energy_trajectory for p in done], dim=1),
             x0=torch.cat(x0) if keep_x0 else None,
+            stopped_at=torch.cat(stops) if stops else None,
         )
 
     return run_sharded(n, compute, merge, align=batch_size)

@@ -34,6 +34,8 @@ class Generation:
         y: (M,) their classes.
         energy_trajectory: (steps + 1, M) energy of each chain at each step (CPU).
         x0: (M, C, H, W) the starting points, or None when not kept.
+        stopped_at: (M,) the step at which each chain stopped (``steps`` when it never did),
+            when the sampler stops adaptively (``SGLD.stop_tolerance``); else None.
         config: what produced them (sampler, init, seed, batch size, device).
     """
 
@@ -42,6 +44,7 @@ class Generation:
     energy_trajectory: Tensor
     x0: Tensor | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    stopped_at: Tensor | None = None
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -130,7 +133,7 @@ def sample_classes(
                         f"multiple of batch_size {batch_size}; got {chains}")
     ids_all = chain_ids(classes, n_per_class)
     noise_seed = None if seed is None else derive_seed(seed, 1)
-    xs, trajs, x0s = [], [], []
+    xs, trajs, x0s, stops = [], [], [], []
     for start in range(first, stop, batch_size):
         part = slice(start, min(start + batch_size, stop))
         y, ids = y_all[part], ids_all[part]
@@ -139,6 +142,8 @@ def sample_classes(
         res = sampler(model, x0.to(device), y.to(device), seed=noise_seed, chain_ids=ids.to(device))
         xs.append(res.x.cpu())
         trajs.append(res.energy_trajectory.cpu())
+        if res.stopped_at is not None:
+            stops.append(res.stopped_at.cpu())
         if keep_x0:
             x0s.append(x0)
     return Generation(
@@ -147,6 +152,7 @@ def sample_classes(
         energy_trajectory=torch.cat(trajs, dim=1),
         x0=torch.cat(x0s) if keep_x0 else None,
         config=_run_config(sampler, init, classes, n_per_class, batch_size, seed, device),
+        stopped_at=torch.cat(stops) if stops else None,
     )
 
 

@@ -4,8 +4,8 @@ Class-conditional SGLD with momentum on E(x, y) from a fitted initialisation (Be
 arXiv 2304.04033; Mirza et al., arXiv 2407.06315; see docs/science.md). :func:`build_init`
 fits (or reuses) the class statistics of the pca and gaussian inits in a cache folder and says
 which happened; :func:`write_generation` samples and writes ``grid.png``, ``grid_x0.png``,
-``samples.npz`` (uint8 x and x0, y, float32 energy trajectory), ``energy.png``, ``energy.json``
-and ``metrics.json`` (FID/KID/IS/precision-recall on an independent feature network, or why
+``samples.npz`` (uint8 x and x0, y, float32 energy trajectory; int64 ``stopped_at`` with
+adaptive stopping), ``energy.png``, ``energy.json`` and ``metrics.json`` (FID/KID/IS/precision-recall on an independent feature network, or why
 they were skipped).
 """
 
@@ -116,6 +116,10 @@ def summary_text(result: dict[str, Any], energy: str, steps: int) -> str:
     text = [f"{result['n']} samples of {len(result['classes'])} classes -> {result['out']}",
             f"  mean {energy} energy: {result['energy_start']:.3f} at x0 -> "
             f"{result['energy_end']:.3f} after {steps} steps"]
+    if "stopped" in result:
+        st = result["stopped"]
+        when = "" if st["mean_step"] is None else f", at step {st['mean_step']:.1f} on average"
+        text.append(f"  adaptive stopping: {st['chains']} of {st['of']} chains stopped{when}")
     if "fid" in metrics:
         text.append(f"  FID {metrics['fid']:.2f}  KID {metrics['kid_mean']:.4f}  "
                     f"IS {metrics['is_mean']:.2f}  precision {metrics['precision']:.3f}  "
@@ -348,7 +352,8 @@ def write_generation(
                              f"starting points ({init_name})"),
         "samples": atomic_write_npz(out / "samples.npz", x=to_uint8(gen.x), x0=to_uint8(gen.x0),
                                     y=gen.y.numpy(),
-                                    energy_trajectory=gen.energy_trajectory.float().numpy()),
+                                    energy_trajectory=gen.energy_trajectory.float().numpy(),
+                                    **_stops(gen)),
     }
     summary = energy_summary(gen.energy_trajectory, gen.y, classes)
     files["energy_plot"] = plot_energy_trajectory(out / "energy.png", summary,
@@ -356,6 +361,18 @@ def write_generation(
     files["energy"] = atomic_write_json(out / "energy.json", summary)
     metrics = _sample_metrics(gen.x, real, features, seed, real_set)
     files["metrics"] = atomic_write_json(out / "metrics.json", metrics)
-    return {"n": len(gen.y), "energy_start": summary["overall"]["mean"][0],
-            "energy_end": summary["overall"]["mean"][-1], "summary": summary,
-            "metrics": metrics, "files": files}
+    result = {"n": len(gen.y), "energy_start": summary["overall"]["mean"][0],
+              "energy_end": summary["overall"]["mean"][-1], "summary": summary,
+              "metrics": metrics, "files": files}
+    if gen.stopped_at is not None:  # adaptive stopping: how many chains stopped, and when
+        stopped = gen.stopped_at < sampler.steps
+        result["stopped"] = {"chains": int(stopped.sum()), "of": len(gen.y),
+                             "mean_step": float(gen.stopped_at[stopped].float().mean())
+                             if bool(stopped.any()) else None}
+    return result
+
+
+def _stops(gen: Any) -> dict[str, Any]:
+    """``stopped_at`` (int64 (M,), the step each chain stopped at; ``steps`` when it never did)
+    for samples.npz, when the sampler stopped adaptively."""
+    return {} if gen.stopped_at is None else {"stopped_at": gen.stopped_at.numpy()}
