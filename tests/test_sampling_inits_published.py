@@ -256,6 +256,9 @@ def test_buffer_refuses_bad_files(tmp_path, bad, needle) -> None:
 def test_buffer_missing_file_and_class(tmp_path) -> None:
     with pytest.raises(UserError, match="not found"):
         load_buffer(tmp_path / "none.npz")
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(UserError, match="not a .npz archive"):
+        load_buffer(tmp_path / "text.npz")
     path, _, _ = _buffer(tmp_path)
     buf = BufferInit.from_file(path, reinit_freq=0.05)
     assert buf.missing([0, 5, 7]) == [5, 7]
@@ -277,6 +280,7 @@ def test_buffer_bad_options(tmp_path, kwargs, needle) -> None:
     (lambda: ClassGaussianInit(jitter=-1e-4), "jitter"),
     (lambda: ClassGaussianInit(ddof=2), "ddof"),
     (lambda: ClassPCAInit(more_variance=False), "n_components"),
+    (lambda: ClassPCAInit(n_components=11, more_variance=False), ">= 12"),
     (lambda: ClassPCAInit(blur=-1.0), "blur"),
     (lambda: ClassPCAInit(blur_layout="hwc"), "blur_layout"),
     (lambda: NoiseInjectionInit(pick="first"), "pick"),
@@ -375,6 +379,12 @@ def test_cli_published_options_via_config(tmp_path, tiny, capsys, monkeypatch) -
     (["--init", "buffer"], "--buffer FILE"),
     (["--init", "buffer", "--buffer", "nope.npz"], "not found"),
     (["--init", "pca", "--pca-least"], "n_components"),
+    (["--init", "pca", "--pca-least", "--pca-components", "5"], ">= 12"),
+    # a flag of an init this run does not use is refused, not ignored
+    (["--init", "uniform", "--pca-blur", "2"], "--pca-blur applies to --init pca"),
+    (["--init", "pca", "--buffer", "nope.npz"], "--buffer applies to --init buffer"),
+    (["--init", "gaussian", "--noise-split", "test"], "--noise-split applies"),
+    (["--init", "buffer", "--buffer", "b.npz", "--normal-std", "2"], "--normal-std applies"),
     (["--mix-p-pca", "2"], "--mix-p-pca"),
     (["--init", "uniform", "--uniform-low", "1", "--uniform-high", "0"], "low < high"),
 ])

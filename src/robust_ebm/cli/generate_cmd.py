@@ -130,7 +130,7 @@ def _add_init_args(p: argparse.ArgumentParser) -> None:
                    help="PCA init: a fixed number of components instead of --pca-variance")
     g.add_argument("--pca-least", action="store_true", default=None,
                    help="PCA init: the published least-dominant set, components [-11:-1] of "
-                        "the top --pca-components")
+                        "the top --pca-components (>= 12)")
     g.add_argument("--pca-blur", type=nonnegative_float,
                    help="PCA init: Gaussian blur (std, pixels) of the images before the fit")
     g.add_argument("--pca-blur-layout", choices=("spatial", "published"),
@@ -139,8 +139,9 @@ def _add_init_args(p: argparse.ArgumentParser) -> None:
                    help="noise init: a random image of the class (default) or chain j's j-th")
     g.add_argument("--noise-pool", type=positive_int,
                    help="noise init: only the first N images of the split (published: 1000)")
-    g.add_argument("--noise-split", choices=("train", "test"), default="train",
-                   help="noise init: the split its images come from (published: test)")
+    g.add_argument("--noise-split", choices=("train", "test"),
+                   help="noise init: the split its images come from (default train; "
+                        "published: test)")
     g.add_argument("--mix-p-pca", type=_probability,
                    help="pca_gaussian init: probability of a PCA start (default 0.5)")
     g.add_argument("--buffer", default=None,
@@ -171,11 +172,12 @@ def _build_init(args: argparse.Namespace, train_ds: Any, classes: list[int]) -> 
     from ..sampling import study
     from ..sampling.init import BufferInit
 
+    options = study.init_options(args)  # first: a flag of an unused init is refused
     init_images, init_labels = _init_data(args, train_ds)
     init, init_note = study.build_init(
         args.init, init_images, init_labels, train_ds.name, args.stats_dir,
         pca_variance=args.pca_variance, pca_sigma=args.pca_sigma, pca_rule=args.pca_rule,
-        noise_std=args.noise_init_std, options=study.init_options(args))
+        noise_std=args.noise_init_std, options=options)
     if isinstance(init, BufferInit) and init.reinit_freq < 1 and init.missing(classes):
         raise UserError(f"--buffer {args.buffer} has no sample of classes "
                         f"{init.missing(classes)}; generate them first or use another init")
@@ -280,7 +282,7 @@ def _sampler_options(args: argparse.Namespace, model: Any, train_ds: Any, model_
         first_per_class,
         make_reference_energy,
     )
-    from ..sampling.study import default_stats_dir
+    from ..sampling.study import stats_path
 
     options: dict[str, Any] = {"energy": args.energy, "integrator": args.integrator,
                                "step_clip": args.step_clip, "clip_norm": args.clip_norm,
@@ -290,17 +292,15 @@ def _sampler_options(args: argparse.Namespace, model: Any, train_ds: Any, model_
     if args.reference_n < 0:
         raise UserError(f"--reference-n must be >= 0; got {args.reference_n}")
     idx = first_per_class(train_ds.labels, args.reference_n)
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in train_ds.name)
     key = model_sha[:10] if model_sha else "model"  # the file also records the model's hash
-    folder = args.stats_dir or default_stats_dir()
-    path = os.path.join(folder, f"{safe}-train-reference-n{args.reference_n}-{key}.safetensors")
+    path = stats_path(args.stats_dir, train_ds.name, f"reference-n{args.reference_n}-{key}")
     stats, status = cached_reference_statistics(
         path, model, train_ds.images[idx], train_ds.labels[idx], ridge=args.reference_ridge,
         batch_size=args.batch_size)
     if args.energy in REFERENCE_ENERGIES:
         options["energy"] = make_reference_energy(args.energy, stats)
     options["stop_reference"] = stats
-    return options, {"reference_stats_path": path, "reference_stats": status}
+    return options, {"reference_stats_path": str(path), "reference_stats": status}
 
 
 def _check_memory(n: int, shape: tuple[int, ...]) -> None:

@@ -27,14 +27,19 @@ def load_buffer(path: str | os.PathLike[str]) -> tuple[Tensor, Tensor]:
     import numpy as np
 
     where = f"buffer {path}"
+    if not os.path.isfile(path):
+        raise UserError(f"{where}: file not found")
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and say so
+        raise UserError(f"{where}: not a .npz archive (give the samples.npz of an earlier "
+                        "robust-ebm generate run)")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "x" not in data or "y" not in data:
                 raise UserError(f"{where}: needs arrays 'x' and 'y' (a samples.npz of "
                                 f"robust-ebm generate); it holds {sorted(data.files)}")
             x, y = data["x"], data["y"]
-    except FileNotFoundError:
-        raise UserError(f"{where}: file not found") from None
+    except UserError:
+        raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"{where}: not a readable .npz without pickles ({exc})") from None
     if x.ndim != 4 or x.shape[0] == 0:

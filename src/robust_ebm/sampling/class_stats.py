@@ -340,7 +340,8 @@ class ClassPCAInit(ClassStatistics):
     ``more_variance=False`` keeps the published "least dominant" set instead: of the top
     ``n_components`` components, the ten before the last (``components_[-11:-1]`` of
     scikit-learn's PCA); it needs ``n_components``, as the published option is only read
-    when no variance target is given. ``blur`` > 0 blurs every image (scipy's
+    when no variance target is given, and at least 12 of them (with fewer the slice holds the
+    most dominant ones). ``blur`` > 0 blurs every image (scipy's
     ``gaussian_filter``, std ``blur`` pixels along height and width) before the fit, as the
     published ``gaussian_blur``; ``blur_layout='published'`` reproduces its exact filter: the
     CHW pixel vector read as an (H, W, C) array and filtered with sigma (blur, blur, 1), which
@@ -374,6 +375,10 @@ class ClassPCAInit(ClassStatistics):
         if not more_variance and n_components is None:
             raise UserError("more_variance=False (the published least-dominant components) "
                             "needs n_components, the count they are taken from")
+        if not more_variance and n_components is not None and n_components < 12:
+            raise UserError(f"more_variance=False takes components [-11:-1] of the top "
+                            f"n_components, which are the least dominant only for "
+                            f"n_components >= 12; got {n_components}")
         if not (math.isfinite(blur) and blur >= 0):
             raise UserError(f"blur must be a finite std >= 0 in pixels; got {blur}")
         if blur_layout not in ("spatial", "published"):
@@ -422,6 +427,9 @@ class ClassPCAInit(ClassStatistics):
         if not self.more_variance:
             assert self.n_components is not None
             k = min(self.n_components, len(lam))
+            if k < 12:
+                raise UserError(f"the published least-dominant components need >= 12 "
+                                f"components per class; a class here has {k}")
             zeros = torch.zeros(d, dtype=xc.dtype)
             return lam[:k][-11:-1], comps[:k][-11:-1], zeros  # the published slice
         if self.n_components is not None:

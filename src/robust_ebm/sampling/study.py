@@ -197,6 +197,15 @@ def build_init(
     return mix, {"pca": pca_note, "gaussian": gauss_note}
 
 
+def stats_path(stats_dir: str | os.PathLike[str] | None, dataset_name: str, what: str) -> Path:
+    """Where statistics ``what`` of a dataset's training split are cached: ``stats_dir`` (or
+    :func:`default_stats_dir`) / ``{dataset}-train-{what}.safetensors``, the dataset name made
+    safe for a file name."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset_name)
+    folder = Path(stats_dir) if stats_dir else default_stats_dir()
+    return folder / f"{safe}-train-{what}.safetensors"
+
+
 def _cached(
     cls: type[ClassPCAInit | ClassGaussianInit],
     kwargs: dict[str, Any],
@@ -207,9 +216,7 @@ def _cached(
 ) -> tuple[Init, dict[str, Any]]:
     """``cls(**kwargs)`` fitted on the images, its statistics cached (see :func:`build_init`)."""
     key = hashlib.sha256(json.dumps(cls(**kwargs).config(), sort_keys=True).encode()).hexdigest()
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset_name)
-    folder = Path(stats_dir) if stats_dir else default_stats_dir()
-    path = folder / f"{safe}-train-{cls.name}-{key[:10]}.safetensors"
+    path = stats_path(stats_dir, dataset_name, f"{cls.name}-{key[:10]}")
     init, status = cls.load_or_fit(path, images, labels, on_mismatch="refit", **kwargs)
     note: dict[str, Any] = {"stats_path": str(path), "stats_reused": status == "reused",
                             "stats_refitted_mismatch": status == "refitted"}
@@ -246,14 +253,39 @@ def _buffer_init(
     return buffer, {"buffer_reinit": note} if note else {}
 
 
+# the init-specific ``generate`` flags and the inits (aliases) they apply to
+_FLAG_INITS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("uniform_low", "uniform_high"), ("uniform",)),
+    **dict.fromkeys(("normal_mean", "normal_std", "normal_clip"), ("normal",)),
+    **dict.fromkeys(("gaussian_jitter", "gaussian_ddof", "gaussian_no_clip"), ("gaussian",)),
+    **dict.fromkeys(("pca_components", "pca_least", "pca_blur", "pca_blur_layout"), ("pca",)),
+    **dict.fromkeys(("noise_pick", "noise_pool", "noise_split"), ("noise",)),
+    "mix_p_pca": ("pca_gaussian",),
+    **dict.fromkeys(("buffer", "buffer_reinit", "buffer_reinit_freq", "buffer_pick"), ("buffer",)),
+}
+
+
 def init_options(args: Any) -> dict[str, Any]:
     """The ``options`` of :func:`build_init` from parsed ``generate`` flags (absent flags are
-    left out, so the inits' own defaults apply)."""
-    names = ("uniform_low", "uniform_high", "normal_mean", "normal_std", "normal_clip",
-             "gaussian_jitter", "gaussian_ddof", "gaussian_no_clip", "pca_components",
-             "pca_least", "pca_blur", "pca_blur_layout", "noise_pick", "noise_pool",
-             "mix_p_pca", "buffer", "buffer_reinit", "buffer_reinit_freq", "buffer_pick")
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    left out, so the inits' own defaults apply).
+
+    Raises:
+        UserError: a flag of an init this run does not use (``--init``, the buffer's
+            ``--buffer-reinit``, and both halves of ``pca_gaussian``), which would be ignored.
+    """
+    used = {args.init}
+    if args.init == "buffer":
+        used.add(getattr(args, "buffer_reinit", None) or "uniform")
+    if "pca_gaussian" in used:
+        used |= {"pca", "gaussian"}
+    given = {n: getattr(args, n) for n in _FLAG_INITS if getattr(args, n, None) is not None}
+    for name in given:
+        if not used & set(_FLAG_INITS[name]):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} applies to --init {' or '.join(_FLAG_INITS[name])}, which "
+                            f"this run does not use (--init {args.init}); drop it or change --init")
+    given.pop("noise_split", None)  # chooses the data (the CLI's), not an option of the init
+    return given
 
 
 def _registered_init(kind: str, images: Tensor, labels: Tensor) -> Init:
