@@ -5,8 +5,8 @@ arXiv 2304.04033; Mirza et al., arXiv 2407.06315; see docs/science.md). :func:`b
 fits (or reuses) the class statistics of the pca and gaussian inits in a cache folder and says
 which happened; :func:`write_generation` samples and writes ``grid.png``, ``grid_x0.png``,
 ``samples.npz`` (uint8 x and x0, y, float32 energy trajectory; int64 ``stopped_at`` with
-adaptive stopping), ``energy.png``, ``energy.json`` and ``metrics.json`` (FID/KID/IS/precision-recall on an independent feature network, or why
-they were skipped).
+adaptive stopping), ``energy.png``, ``energy.json`` and ``metrics.json`` (FID/KID/IS/
+precision-recall on an independent feature network, or why they were skipped).
 """
 
 from __future__ import annotations
