@@ -169,6 +169,18 @@ def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator, *,
+         steps: int, batch: int) -> None:
+    """``steps`` Adam steps (lr 1e-2) of cross-entropy on random batches drawn with ``g``."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 @pytest.fixture(scope="session")
 def digits_model(digits_data) -> nn.Module:
     """An MLP with >= 95% train accuracy on digits; eval mode, seeded. Shared: do not mutate."""
@@ -177,13 +189,7 @@ def digits_model(digits_data) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        idx = torch.randint(0, x.shape[0], (256,), generator=g)
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(model, x, y, g, steps=300, batch=256)
     model.eval()
     return model
 
@@ -197,14 +203,8 @@ def tiny_cnn(digits_data):
     with torch.random.fork_rng():
         torch.manual_seed(1)
         trained = TinyCNN()
-        opt = torch.optim.Adam(trained.parameters(), lr=1e-2)
         trained.train()  # dropout draws from the forked global RNG
-        for _ in range(150):
-            idx = torch.randint(0, x.shape[0], (128,), generator=g)
-            loss = nn.functional.cross_entropy(trained(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        _fit(trained, x, y, g, steps=150, batch=128)
     state = {k: v.detach().clone() for k, v in trained.state_dict().items()}
 
     def fresh() -> nn.Module:
